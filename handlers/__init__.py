@@ -1,0 +1,44 @@
+"""The HTTP layer: `make_app` gathers every module's routes into one Tornado application."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jinja2
+import tornado.web
+
+from wxapp.context import AppContext
+from wxapp.security import derive_key
+
+from . import admin, config, health, oauth, openapi
+from .base import NotFoundPageHandler, UnknownApiHandler
+
+ROOT = Path(__file__).resolve().parent.parent
+_MODULES = (health, config, openapi, oauth, admin)
+
+
+def routes() -> list:
+    """Every route of the application, the /v1 catch-all last."""
+    table = [route for module in _MODULES for route in module.default_handlers]
+    return table + [(r"/v1(?:/.*)?", UnknownApiHandler)]
+
+
+def make_app(ctx: AppContext, **overrides) -> tornado.web.Application:
+    """The Tornado application over a built context; shared by server.py and the tests."""
+    table = routes()
+    settings = dict(
+        context=ctx,
+        cookie_secret=derive_key(ctx.config.secret_key, "cookie-signing").hex(),
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"samesite": "Strict", "path": "/"},
+        jinja_env=jinja2.Environment(
+            loader=jinja2.FileSystemLoader(ROOT / "templates"),
+            autoescape=jinja2.select_autoescape(["html"]),
+        ),
+        static_path=str(ROOT / "h5"),
+        static_url_prefix="/h5/static/",
+        default_handler_class=NotFoundPageHandler,
+        openapi=json.dumps(openapi.build_openapi(table), ensure_ascii=False),
+    )
+    settings.update(overrides)
+    return tornado.web.Application(table, **settings)

@@ -1,0 +1,68 @@
+"""/admin: the admin login and the pages behind it (CONTRACT §4)."""
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+from wxapp.auth import safe_next
+
+from .base import ADMIN_COOKIE, PageHandler
+
+log = logging.getLogger(__name__)
+
+HOME = "/admin/"
+
+
+class AdminPageHandler(PageHandler):
+    """An /admin page: without an admin session the browser is sent to the login page."""
+
+    async def prepare(self):
+        self.principal = await self._admin_principal()
+        if self.principal is None:
+            self.redirect("/admin/login?next=" + quote(self.request.uri, safe="/"))
+
+
+class LoginHandler(PageHandler):
+    """GET shows the login form; POST checks the password and starts an admin session."""
+
+    def get(self):
+        self.render_page("admin/login.html", next=safe_next(self.get_query_argument("next", None), HOME), error="")
+
+    async def post(self):
+        username = self.get_body_argument("username", "").strip()
+        password = self.get_body_argument("password", "")
+        next_url = safe_next(self.get_body_argument("next", None), HOME)
+        if not (username and password) or not await self.ctx.admins.verify(username, password):
+            log.warning("failed admin login for %r from %s", username, self.request.remote_ip)
+            self.render_page("admin/login.html", status=401, next=next_url, error="用户名或密码错误",
+                             username=username)
+            return
+        sid = await self.ctx.admin_sessions.create({"username": username})
+        self.start_session_cookie(ADMIN_COOKIE, sid, self.ctx.config.admin_session_ttl)
+        log.info("admin %r logged in from %s", username, self.request.remote_ip)
+        self.redirect(next_url)
+
+
+class LogoutHandler(PageHandler):
+    """POST ends the admin session."""
+
+    async def post(self):
+        sid = self._session_id(ADMIN_COOKIE, self.ctx.config.admin_session_ttl)
+        if sid:
+            await self.ctx.admin_sessions.delete(sid)
+        self.clear_cookie(ADMIN_COOKIE, path="/")
+        self.redirect("/admin/login")
+
+
+class HomeHandler(AdminPageHandler):
+    """The admin's start page."""
+
+    def get(self):
+        self.render_page("admin/home.html", username=self.principal.username)
+
+
+default_handlers = [
+    (r"/admin/login", LoginHandler),
+    (r"/admin/logout", LogoutHandler),
+    (r"/admin/?", HomeHandler),
+]

@@ -1,0 +1,284 @@
+"""The HTTP layer's base: BaseHandler → APIHandler (the /v1 envelope) / PageHandler (HTML).
+
+Who may call a handler is declared on it with `@api(allow=...)`; the envelope of every
+/v1 answer, success or error, is written by `APIHandler.write_envelope` alone."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from typing import Any, Iterable
+
+import redis.exceptions
+import tornado.web
+
+from wxapp.auth import Principal, Role
+from wxapp.context import AppContext
+from wxapp.errors import DEFAULT_MESSAGES, ApiError
+from wxapp.storage import UNAVAILABLE_ERRORS
+from wxapp.validation import Schema
+
+log = logging.getLogger("visitor.http")
+
+WECHAT_COOKIE = "wx_session"
+ADMIN_COOKIE = "admin_session"
+
+# The database or Redis cannot be reached: answered with 503, never 500.
+SERVICE_UNAVAILABLE = UNAVAILABLE_ERRORS + (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+_NO_DATA = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiSpec:
+    """What an endpoint accepts and who may call it; read by the OpenAPI document too."""
+
+    allow: tuple[Role, ...]
+    summary: str
+    query: Schema | None = None
+    body: Schema | None = None
+    path: Schema | None = None
+    data: dict | None = None  # JSON Schema of `data` in a success answer
+    paged: bool = False
+    description: str = ""
+
+
+def api(*, allow: Iterable[Role], summary: str, query: Schema | None = None, body: Schema | None = None,
+        path: Schema | None = None, data: dict | None = None, paged: bool = False, description: str = ""):
+    """Declare an endpoint: authorize the caller, then parse path, query and body before the method runs.
+
+    The method receives the parsed path parameters as keyword arguments; the parsed query and
+    body are in `self.query` and `self.body`, the caller in `self.principal`."""
+    spec = ApiSpec(tuple(allow), summary, query, body, path, data, paged, description)
+
+    def decorate(method):
+        @functools.wraps(method)
+        async def wrapper(self: "BaseHandler", *args, **kwargs):
+            self.principal = await self.authorize(spec.allow)
+            if spec.path is not None:
+                kwargs = spec.path.load(kwargs)
+            if spec.query is not None:
+                self.query = spec.query.load(self.query_arguments())
+            if spec.body is not None:
+                self.body = spec.body.load(self.json_body())
+            return await method(self, *args, **kwargs)
+
+        wrapper.api_spec = spec
+        return wrapper
+
+    return decorate
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Shared by every handler: the context, who is calling, and the security checks."""
+
+    principal: Principal | None = None
+
+    @property
+    def ctx(self) -> AppContext:
+        """The application context (clients and services)."""
+        return self.settings["context"]
+
+    def set_default_headers(self):
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+
+    async def authorize(self, allow: tuple[Role, ...]) -> Principal | None:
+        """Find the caller among the accepted kinds; 401 when there is none, 403 when not allowed."""
+        if Role.PUBLIC in allow:
+            return None
+        header = self.request.headers.get("Authorization")
+        if header:
+            principal = await self._key_principal(header)
+            if principal.role not in allow:
+                raise ApiError(403, "该 API 密钥的角色无权调用此接口")
+            return principal
+        found_other_session = False
+        if Role.ADMIN in allow:
+            principal = await self._admin_principal()
+            if principal is not None:
+                if self.request.method not in ("GET", "HEAD", "OPTIONS"):
+                    self._verify_xsrf()
+                return principal
+        else:
+            found_other_session = bool(self.get_cookie(ADMIN_COOKIE))
+        if Role.WECHAT in allow:
+            principal = await self._wechat_principal()
+            if principal is not None:
+                return principal
+        else:
+            found_other_session = found_other_session or bool(await self._wechat_principal())
+        if found_other_session:
+            raise ApiError(403, "当前登录身份无权调用此接口")
+        raise ApiError(401, self.unauthenticated_message(allow))
+
+    @staticmethod
+    def unauthenticated_message(allow: tuple[Role, ...]) -> str:
+        """What to tell a caller who did not authenticate."""
+        if Role.WECHAT in allow:
+            return "请先通过微信登录"
+        if Role.ADMIN in allow and len(allow) == 1:
+            return "请先登录管理后台或提供管理员 API 密钥"
+        return "缺少 API 密钥（Authorization: Bearer <密钥>）"
+
+    async def _key_principal(self, header: str) -> Principal:
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise ApiError(401, "Authorization 请求头应为 Bearer <API 密钥>")
+        principal = await self.ctx.api_keys.authenticate(key.strip())
+        if principal is None:
+            raise ApiError(401, "API 密钥无效或已停用")
+        return principal
+
+    def _session_id(self, cookie: str, ttl: int) -> str | None:
+        value = self.get_signed_cookie(cookie, max_age_days=ttl / 86400 + 1)
+        return value.decode() if value else None
+
+    async def _admin_principal(self) -> Principal | None:
+        sid = self._session_id(ADMIN_COOKIE, self.ctx.config.admin_session_ttl)
+        data = await self.ctx.admin_sessions.get(sid) if sid else None
+        return Principal(Role.ADMIN, "admin_session", username=data["username"]) if data else None
+
+    async def _wechat_principal(self) -> Principal | None:
+        sid = self._session_id(WECHAT_COOKIE, self.ctx.config.wechat_session_ttl)
+        data = await self.ctx.wechat_sessions.get(sid) if sid else None
+        return Principal(Role.WECHAT, "wechat_session", openid=data["openid"]) if data else None
+
+    def _verify_xsrf(self) -> None:
+        try:
+            tornado.web.RequestHandler.check_xsrf_cookie(self)
+        except tornado.web.HTTPError:
+            raise ApiError(403, "XSRF 校验失败，请刷新页面后重试") from None
+
+    async def public_url(self, path: str) -> str:
+        """An absolute URL of this system: under `cloud_url` when set, else the request's own host."""
+        base = await self.ctx.system_settings.cloud_url() or f"{self.request.protocol}://{self.request.host}"
+        return base + path
+
+    def start_session_cookie(self, cookie: str, sid: str, ttl: int) -> None:
+        """Set a signed, HttpOnly, SameSite=Lax session cookie."""
+        self.set_signed_cookie(
+            cookie, sid, expires_days=ttl / 86400, httponly=True, samesite="Lax",
+            secure=self.request.protocol == "https", path="/",
+        )
+
+    def log_exception(self, typ, value, tb):
+        if isinstance(value, ApiError):
+            log.info("%s %s -> %d %s", self.request.method, self.request.path, value.code, value.message)
+        elif isinstance(value, SERVICE_UNAVAILABLE):
+            log.error("%s %s: database unavailable: %s", self.request.method, self.request.path, value)
+        else:
+            super().log_exception(typ, value, tb)
+
+    @staticmethod
+    def error_of(exc: BaseException | None, status: int) -> ApiError:
+        """The ApiError to show for an exception (or for a bare status)."""
+        if isinstance(exc, ApiError):
+            return exc
+        if isinstance(exc, tornado.web.MissingArgumentError):
+            return ApiError(400, f"缺少参数 {exc.arg_name}")
+        if isinstance(exc, SERVICE_UNAVAILABLE):
+            return ApiError(503)
+        if isinstance(exc, tornado.web.HTTPError):
+            status = exc.status_code
+        elif exc is not None:
+            status = 500
+        if status in DEFAULT_MESSAGES:
+            return ApiError(status, status=status)
+        return ApiError(400 if status < 500 else 500, status=status)
+
+
+class APIHandler(BaseHandler):
+    """A /v1 JSON endpoint: answers the envelope of CONTRACT §2, never a redirect or HTML."""
+
+    query: dict
+    body: dict
+
+    def check_xsrf_cookie(self):
+        # API callers use keys or WeChat sessions; authorize() checks XSRF for admin browser sessions.
+        pass
+
+    def query_arguments(self) -> dict[str, str]:
+        """The query string as a flat dict (the last value of a repeated name wins)."""
+        return {name: self.get_query_argument(name) for name in self.request.query_arguments}
+
+    def json_body(self) -> dict[str, Any]:
+        """The request body as a dict: a JSON object or a urlencoded form; 400 when malformed."""
+        content_type = self.request.headers.get("Content-Type", "")
+        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            return {name: self.get_body_argument(name) for name in self.request.body_arguments}
+        if not self.request.body.strip():
+            return {}
+        try:
+            body = json.loads(self.request.body)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "请求体不是合法的 JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "请求体应为 JSON 对象")
+        return body
+
+    def ok(self, data: Any = _NO_DATA, page: dict | None = None) -> None:
+        """Answer success (code 0)."""
+        self.write_envelope(0, "", data, page)
+
+    def write_envelope(self, code: int, err_msg: str, data: Any = _NO_DATA, page: dict | None = None,
+                       status: int = 200) -> None:
+        """The one place a /v1 answer is written."""
+        body: dict[str, Any] = {"code": code, "err_msg": err_msg}
+        if data is not _NO_DATA:
+            body["data"] = data
+        if page is not None:
+            body["page"] = page
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+
+    def write_error(self, status_code: int, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        error = self.error_of(exc, status_code)
+        self.clear()
+        self.set_default_headers()
+        if error.status == 405:
+            self.set_header("Allow", ", ".join(m for m in self.SUPPORTED_METHODS if self._implements(m)))
+        self.write_envelope(error.code, error.message, status=error.status)
+
+    def _implements(self, method: str) -> bool:
+        own = getattr(type(self), method.lower(), None)
+        return own is not None and own is not getattr(tornado.web.RequestHandler, method.lower(), None)
+
+
+class UnknownApiHandler(APIHandler):
+    """Any path under /v1 that no endpoint serves."""
+
+    def prepare(self):
+        raise ApiError(404, "接口不存在")
+
+
+class PageHandler(BaseHandler):
+    """An HTML page rendered with Jinja2; errors are shown as a Chinese error page."""
+
+    def render_page(self, template: str, status: int = 200, **values) -> None:
+        """Render a template from templates/ with the request's helpers."""
+        env = self.settings["jinja_env"]
+        html = env.get_template(template).render(
+            xsrf_form_html=self.xsrf_form_html, static_url=self.static_url, request=self.request, **values
+        )
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.finish(html)
+
+    def write_error(self, status_code: int, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        error = self.error_of(exc, status_code)
+        self.clear()
+        self.set_default_headers()
+        status = error.status if error.status >= 400 else 400
+        self.render_page("error.html", status=status, message=error.message, code=status)
+
+
+class NotFoundPageHandler(PageHandler):
+    """Any other path: a friendly 404 page."""
+
+    def prepare(self):
+        raise ApiError(404, "页面不存在")

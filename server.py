@@ -1,0 +1,82 @@
+"""Start the visitor appointment system: configuration, embedded databases, one Tornado server."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+
+import tornado.httpserver
+
+from handlers import make_app
+from wxapp.config import Config, ConfigError
+from wxapp.context import build_context
+from wxapp.embedded import EmbeddedError, EmbeddedServices
+
+log = logging.getLogger("visitor")
+
+
+async def serve(config: Config) -> None:
+    """Build the context and the app, listen, and return after SIGTERM or SIGINT."""
+    ctx = await build_context(config)
+    server = tornado.httpserver.HTTPServer(make_app(ctx), xheaders=True)
+    server.listen(config.port, config.host)
+    log.info("Serving on http://%s:%d/", config.host, config.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("Shutting down")
+    server.stop()
+    await server.close_all_connections()
+    await ctx.close()
+
+
+def main() -> int:
+    """Run the server until it is told to stop; the exit code says whether it started."""
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = Config.from_env().with_secret_key()
+    except ConfigError as exc:
+        log.error("Configuration error: %s", exc)
+        return 2
+    embedded = EmbeddedServices(config.data_dir, mongo=not config.mongo_uri, redis=not config.redis_url)
+    # SIGTERM during start-up must still stop what was started: turn it into an exception.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        embedded.start()
+        if embedded.mongo:
+            config = dataclasses.replace(config, mongo_uri=embedded.mongo.uri)
+            log.info("MongoDB: embedded SecantusDB, data in %s", config.data_dir / "mongo")
+        else:
+            log.info("MongoDB: %s", _redact(config.mongo_uri))
+        if embedded.redis:
+            config = dataclasses.replace(config, redis_url=embedded.redis.url)
+            log.info("Redis: embedded redis-server, data in %s", config.data_dir / "redis")
+        else:
+            log.info("Redis: %s", _redact(config.redis_url))
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        log.info("Interrupted")
+    except EmbeddedError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        embedded.stop()
+    return 0
+
+
+def _redact(uri: str) -> str:
+    """A database URI without its password, for the log."""
+    scheme, sep, rest = uri.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The visitor appointment system: configuration, storage, domain and integrations (no HTTP)."""

@@ -1,0 +1,255 @@
+"""Who is calling: roles, API keys, admin users, WeChat users, sessions and OAuth states."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import functools
+import json
+import logging
+from concurrent.futures import Executor
+from typing import Callable
+
+from . import security
+from .errors import ApiError, bad_request, conflict
+from .storage import DuplicateKeyError, Storage
+
+log = logging.getLogger(__name__)
+
+
+class Role(str, enum.Enum):
+    """What a caller may be; handlers declare which roles they accept."""
+
+    PUBLIC = "public"  # anyone at all
+    WECHAT = "wechat"  # a WeChat user with an H5 session
+    ADMIN = "admin"  # an admin session or an admin API key
+    KIOSK = "kiosk"  # a sign-in kiosk's API key
+    GATE = "gate"  # a gate's API key
+
+
+KEY_ROLES = (Role.ADMIN, Role.KIOSK, Role.GATE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    role: Role
+    via: str  # "key", "admin_session" or "wechat_session"
+    openid: str = ""
+    username: str = ""
+    key_id: str = ""
+    key_name: str = ""
+
+
+class ApiKeys:
+    """API keys for admins, kiosks and gates, stored as SHA-256 hashes."""
+
+    CACHE_TTL = 300  # seconds a key's role stays cached in Redis
+
+    def __init__(self, storage: Storage, redis, clock: Callable[[], float]):
+        self.storage = storage
+        self.redis = redis
+        self.clock = clock
+
+    @staticmethod
+    def _cache_key(key_hash: str) -> str:
+        return f"apikey:{key_hash}"
+
+    async def seed(self, pairs) -> None:
+        """Make sure every `(role, key)` from API_KEYS exists (idempotent)."""
+        for role, key in pairs:
+            key_hash = security.hash_api_key(key)
+            await self.storage.api_keys.update_one(
+                {"key_hash": key_hash},
+                {
+                    "$set": {"role": role, "revoked_at": None},
+                    "$setOnInsert": {
+                        "_id": security.new_token(12),
+                        "name": f"{role} (API_KEYS)",
+                        "prefix": key[:4],
+                        "created_at": self.clock(),
+                    },
+                },
+                upsert=True,
+            )
+            await self.redis.delete(self._cache_key(key_hash))
+
+    async def create(self, role: str, name: str) -> tuple[dict, str]:
+        """Create a key; the plain key is returned once and never stored."""
+        if role not in {r.value for r in KEY_ROLES}:
+            raise bad_request("参数 role 取值无效")
+        key = "vk_" + security.new_token(32)
+        doc = {
+            "_id": security.new_token(12),
+            "name": name,
+            "role": role,
+            "key_hash": security.hash_api_key(key),
+            "prefix": key[:7],
+            "created_at": self.clock(),
+            "revoked_at": None,
+        }
+        await self.storage.api_keys.insert_one(doc)
+        return doc, key
+
+    async def revoke(self, key_id: str) -> bool:
+        """Revoke a key at once (its cached role is dropped too)."""
+        doc = await self.storage.api_keys.find_one_and_update(
+            {"_id": key_id, "revoked_at": None}, {"$set": {"revoked_at": self.clock()}}
+        )
+        if doc is None:
+            return False
+        await self.redis.delete(self._cache_key(doc["key_hash"]))
+        return True
+
+    async def list(self) -> list[dict]:
+        """All keys, newest first, without their hashes."""
+        cursor = self.storage.api_keys.find({}, {"key_hash": 0}).sort("created_at", -1)
+        return await cursor.to_list(None)
+
+    async def authenticate(self, key: str) -> Principal | None:
+        """The principal for a presented key, or None when it is unknown or revoked."""
+        key_hash = security.hash_api_key(key)
+        cached = await self.redis.get(self._cache_key(key_hash))
+        if cached:
+            data = json.loads(cached)
+        else:
+            doc = await self.storage.api_keys.find_one({"key_hash": key_hash, "revoked_at": None})
+            if doc is None:
+                return None
+            data = {"id": doc["_id"], "role": doc["role"], "name": doc.get("name", "")}
+            await self.redis.set(self._cache_key(key_hash), json.dumps(data), ex=self.CACHE_TTL)
+        return Principal(role=Role(data["role"]), via="key", key_id=data["id"], key_name=data["name"])
+
+
+class Admins:
+    """Admin users with scrypt-hashed passwords (hashed in the executor, off the event loop)."""
+
+    def __init__(self, storage: Storage, executor: Executor, clock: Callable[[], float]):
+        self.storage = storage
+        self.executor = executor
+        self.clock = clock
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def seed(self, username: str, password: str) -> bool:
+        """Create the first admin from ADMIN_USERNAME/ADMIN_PASSWORD when there is none yet."""
+        if not (username and password):
+            return False
+        if await self.storage.admins.count_documents({}, limit=1):
+            return False
+        try:
+            await self.create(username, password)
+        except ApiError:  # another process created it at the same moment
+            return False
+        log.info("Created the first admin user %r", username)
+        return True
+
+    async def create(self, username: str, password: str) -> None:
+        """Add an admin; 409 when the name is taken."""
+        password_hash = await self._run(security.hash_password, password)
+        try:
+            await self.storage.admins.insert_one(
+                {"_id": username, "password_hash": password_hash, "created_at": self.clock()}
+            )
+        except DuplicateKeyError:
+            raise conflict("该管理员用户名已存在") from None
+
+    async def set_password(self, username: str, password: str) -> bool:
+        """Change an admin's password."""
+        password_hash = await self._run(security.hash_password, password)
+        result = await self.storage.admins.update_one({"_id": username}, {"$set": {"password_hash": password_hash}})
+        return result.matched_count == 1
+
+    async def verify(self, username: str, password: str) -> bool:
+        """Whether the password is right; as slow for unknown names as for known ones."""
+        doc = await self.storage.admins.find_one({"_id": username})
+        stored = doc["password_hash"] if doc else _dummy_hash()
+        ok = await self._run(security.verify_password, password, stored)
+        return ok and doc is not None
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the username is unknown, so timing does not reveal which names exist."""
+    return security.hash_password(security.new_token(16))
+
+
+class WeChatUsers:
+    """WeChat users who have logged in through OAuth (openid, nickname, head image)."""
+
+    def __init__(self, storage: Storage, clock: Callable[[], float]):
+        self.storage = storage
+        self.clock = clock
+
+    async def save(self, openid: str, nickname: str, headimgurl: str) -> None:
+        """Store or refresh a user's profile."""
+        now = self.clock()
+        await self.storage.wechat_users.update_one(
+            {"_id": openid},
+            {"$set": {"nickname": nickname, "headimgurl": headimgurl, "updated_at": now},
+             "$setOnInsert": {"created_at": now}},
+            upsert=True,
+        )
+
+    async def get(self, openid: str) -> dict | None:
+        """A stored user, or None."""
+        return await self.storage.wechat_users.find_one({"_id": openid})
+
+
+class Sessions:
+    """Server-side sessions in Redis; the cookie carries only a random, signed id."""
+
+    def __init__(self, redis, kind: str, ttl: int):
+        self.redis = redis
+        self.kind = kind
+        self.ttl = ttl
+
+    def _key(self, sid: str) -> str:
+        return f"session:{self.kind}:{sid}"
+
+    async def create(self, data: dict) -> str:
+        """Start a session holding `data`; returns its id."""
+        sid = security.new_token(24)
+        await self.redis.set(self._key(sid), json.dumps(data), ex=self.ttl)
+        return sid
+
+    async def get(self, sid: str) -> dict | None:
+        """The session's data, extending its life (sliding expiry), or None."""
+        raw = await self.redis.getex(self._key(sid), ex=self.ttl)
+        return json.loads(raw) if raw else None
+
+    async def delete(self, sid: str) -> None:
+        """End a session."""
+        await self.redis.delete(self._key(sid))
+
+
+class OAuthStates:
+    """One-time OAuth `state` values, each remembering where to go after login."""
+
+    TTL = 600
+
+    def __init__(self, redis):
+        self.redis = redis
+
+    async def issue(self, next_url: str) -> str:
+        """A fresh state for a login that should end at `next_url`."""
+        state = security.new_token(24)
+        await self.redis.set(f"oauth_state:{state}", next_url, ex=self.TTL)
+        return state
+
+    async def consume(self, state: str) -> str | None:
+        """The `next` URL of a valid state, which is used up; None when unknown or expired."""
+        if not state:
+            return None
+        return await self.redis.getdel(f"oauth_state:{state}")
+
+
+def safe_next(next_url: str | None, default: str) -> str:
+    """`next_url` if it is a path on this site, else `default` (no open redirect)."""
+    if not next_url or not next_url.startswith("/") or next_url.startswith(("//", "/\\")):
+        return default
+    if any(ch in next_url for ch in "\r\n\\") or any(ord(ch) < 32 for ch in next_url):
+        return default
+    return next_url

@@ -1,0 +1,69 @@
+"""MongoDB access. The only module that knows the driver: motor today; PyMongo's
+AsyncMongoClient can replace it here without touching the rest of the code."""
+from __future__ import annotations
+
+import logging
+
+import pymongo
+from motor.motor_asyncio import AsyncIOMotorClient
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, ServerSelectionTimeoutError
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the database cannot be reached" (answered with 503).
+UNAVAILABLE_ERRORS = (ConnectionFailure, ServerSelectionTimeoutError)
+__all__ = ["Storage", "DuplicateKeyError", "UNAVAILABLE_ERRORS", "ASCENDING", "DESCENDING", "ReturnDocument"]
+
+ASCENDING = pymongo.ASCENDING
+DESCENDING = pymongo.DESCENDING
+ReturnDocument = pymongo.ReturnDocument
+
+# Every index a query of the application relies on, created at start-up
+# (while collections are small: building one over a large collection is slow).
+INDEXES = {
+    "api_keys": [
+        pymongo.IndexModel([("key_hash", ASCENDING)], unique=True, name="key_hash_unique"),
+        pymongo.IndexModel([("created_at", DESCENDING)], name="created_at"),
+    ],
+    "admins": [],
+    "wechat_users": [],
+    "settings": [],
+}
+
+
+class Storage:
+    """One MongoDB client for the whole process and the application's collections."""
+
+    def __init__(self, uri: str, db_name: str, *, timeout_ms: int = 5000):
+        self.client = AsyncIOMotorClient(
+            uri,
+            tz_aware=True,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            appname="visitor",
+        )
+        self.db = self.client[db_name]
+        self.db_name = db_name
+
+    def __getattr__(self, name):
+        if name in INDEXES:
+            return self.db[name]
+        raise AttributeError(name)
+
+    async def ping(self) -> None:
+        """Raise one of UNAVAILABLE_ERRORS unless the server answers."""
+        await self.client.admin.command("ping")
+
+    async def ensure_indexes(self) -> None:
+        """Create every index in INDEXES (a no-op for those that exist)."""
+        for name, models in INDEXES.items():
+            if models:
+                await self.db[name].create_indexes(models)
+
+    async def drop(self) -> None:
+        """Drop the whole database (tests)."""
+        await self.client.drop_database(self.db_name)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()

@@ -29,17 +29,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent():
-    # Runs in the child before exec: if the server is killed outright, the kernel
-    # sends the database SIGTERM so no process is left behind.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+def _die_with_parent(sig: int):
+    """A pre-exec hook: if the server is killed outright, the kernel sends the child `sig`."""
+    def hook():
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+        except OSError:
+            pass
+    return hook
 
 
 class ChildProcess:
     """A database server run as a child of this process, stopped with it."""
+
+    # Sent by the kernel when the server dies without stopping its children.
+    death_signal = signal.SIGTERM
 
     def __init__(self, name: str, argv: list[str], port: int, log_path: Path):
         self.name = name
@@ -56,7 +60,7 @@ class ChildProcess:
             # which then stops the databases in order.
             self.proc = subprocess.Popen(
                 self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                start_new_session=True, preexec_fn=_die_with_parent(self.death_signal),
             )
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
@@ -123,6 +127,10 @@ class RedisProcess(ChildProcess):
 
 class MongoProcess(ChildProcess):
     """SecantusDB, the MongoDB-compatible server from PyPI, storing under a folder."""
+
+    # SecantusDB's SIGTERM handler deadlocks when a second signal arrives during shutdown,
+    # which happens when its parent dies; its storage recovers from its journal after a kill.
+    death_signal = signal.SIGKILL
 
     def __init__(self, storage_path: Path | str, port: int | None = None):
         port = port or free_port()

@@ -1,0 +1,139 @@
+"""Fixtures: one real SecantusDB and one real redis-server per test session, local fakes of
+WeChat, Koala and Aliyun SMS per test, and the app built by `make_app` as server.py builds it."""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from types import SimpleNamespace
+
+import pytest
+
+from handlers import make_app
+from tests.fakes import FakeKoala, FakeSms, FakeWeChat
+from tests.support import Browser
+from wxapp.config import Config
+from wxapp.context import build_context
+from wxapp.embedded import MongoProcess, RedisProcess
+
+ADMIN_KEY = "test-admin-key-0001"
+KIOSK_KEY = "test-kiosk-key-0001"
+GATE_KEY = "test-gate-key-0001"
+ADMIN_USER, ADMIN_PASSWORD = "admin", "correct horse battery"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "config(**fields): override fields of the test's Config")
+
+
+@pytest.fixture(scope="session")
+def databases(tmp_path_factory):
+    """A SecantusDB and a redis-server for the whole session, on free ports in a temporary folder."""
+    root = tmp_path_factory.mktemp("databases")
+    redis = RedisProcess(root / "redis")
+    mongo = MongoProcess(root / "mongo")
+    redis.start()
+    try:
+        mongo.start()
+    except BaseException:
+        redis.stop()
+        raise
+    yield SimpleNamespace(mongo_uri=mongo.uri, redis_url=redis.url, mongo=mongo, redis=redis)
+    mongo.stop()
+    redis.stop()
+
+
+@pytest.fixture
+def fakes(io_loop):
+    """Local WeChat, Koala and Aliyun SMS servers on this test's IOLoop."""
+    wechat, koala, sms = FakeWeChat(), FakeKoala(), FakeSms()
+    for fake in (wechat, koala, sms):
+        fake.start()
+    yield SimpleNamespace(wechat=wechat, koala=koala, sms=sms)
+    for fake in (wechat, koala, sms):
+        fake.stop()
+
+
+@pytest.fixture
+def config(request, databases, fakes, tmp_path) -> Config:
+    """The configuration of this test's app: its own database, the fakes, known keys and admin."""
+    cfg = Config(
+        data_dir=tmp_path / "var",
+        mongo_uri=databases.mongo_uri,
+        mongo_db="test_" + uuid.uuid4().hex[:12],
+        redis_url=databases.redis_url,
+        secret_key="test-secret-key-" + uuid.uuid4().hex,
+        api_keys=(("admin", ADMIN_KEY), ("kiosk", KIOSK_KEY), ("gate", GATE_KEY)),
+        admin_username=ADMIN_USER,
+        admin_password=ADMIN_PASSWORD,
+        wechat_app_id=fakes.wechat.app_id,
+        wechat_app_secret=fakes.wechat.app_secret,
+        wechat_token="test-token",
+        wechat_api_base_url=fakes.wechat.url,
+        wechat_oauth_base_url=fakes.wechat.url + "connect/",
+        sms_backend="log",
+        http_timeout=5.0,
+    )
+    marker = request.node.get_closest_marker("config")
+    return dataclasses.replace(cfg, **marker.kwargs) if marker else cfg
+
+
+@pytest.fixture
+def ctx(io_loop, config):
+    """The application context, built as server.py builds it; its database is dropped afterwards."""
+    context = io_loop.run_sync(lambda: build_context(config))
+    io_loop.run_sync(context.redis.flushdb)
+    yield context
+    io_loop.run_sync(context.storage.drop)
+    io_loop.run_sync(context.close)
+
+
+@pytest.fixture
+def app(ctx):
+    """The Tornado application under test."""
+    return make_app(ctx)
+
+
+@pytest.fixture
+def client(http_client, base_url):
+    """A fresh cookie-keeping client; call it for more than one."""
+    def new(**kwargs) -> Browser:
+        return Browser(http_client, base_url, **kwargs)
+    return new
+
+
+@pytest.fixture
+def anonymous(client) -> Browser:
+    """A caller with no key and no session."""
+    return client()
+
+
+@pytest.fixture
+def wechat_login(client, fakes):
+    """Log a WeChat user in through the real OAuth redirects; returns their Browser."""
+    async def login(openid: str = "o-visitor-1", nickname: str = "张三", next_url: str = "/h5/") -> Browser:
+        fakes.wechat.add_user(openid, nickname=nickname, headimgurl=f"https://wx.qlogo.cn/{openid}.png")
+        fakes.wechat.login_as(openid)
+        browser = client()
+        start = await browser.fetch("/wechat/oauth?next=" + next_url)
+        assert start.status == 302, start
+        authorize = await browser.fetch(start.location)  # WeChat's page, which sends the code back
+        assert authorize.status == 302, authorize
+        callback = await browser.fetch(authorize.location)
+        assert callback.status == 302, callback
+        assert callback.location == next_url
+        return browser
+    return login
+
+
+@pytest.fixture
+def admin_login(client):
+    """Log into /admin with the seeded admin user; returns the Browser (with its XSRF cookie)."""
+    async def login(username: str = ADMIN_USER, password: str = ADMIN_PASSWORD) -> Browser:
+        browser = client()
+        page = await browser.fetch("/admin/login")
+        assert page.status == 200
+        resp = await browser.fetch("/admin/login", "POST", form={
+            "username": username, "password": password, "_xsrf": browser.cookie("_xsrf")})
+        assert resp.status == 302, resp
+        return browser
+    return login

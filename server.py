@@ -21,6 +21,7 @@ log = logging.getLogger("visitor")
 async def serve(config: Config) -> None:
     """Build the context and the app, listen, and return after SIGTERM or SIGINT."""
     ctx = await build_context(config)
+    ctx.start_background()
     server = tornado.httpserver.HTTPServer(make_app(ctx), xheaders=True)
     server.listen(config.port, config.host)
     log.info("Serving on http://%s:%d/", config.host, config.port)

@@ -10,11 +10,11 @@ import tornado.web
 from wxapp.context import AppContext
 from wxapp.security import derive_key
 
-from . import admin, config, health, oauth, openapi
+from . import admin, bindings, config, health, media, oauth, openapi, visits
 from .base import NotFoundPageHandler, UnknownApiHandler
 
 ROOT = Path(__file__).resolve().parent.parent
-_MODULES = (health, config, openapi, oauth, admin)
+_MODULES = (health, bindings, visits, config, openapi, media, oauth, admin)
 
 
 def routes() -> list:

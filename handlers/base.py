@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import redis.exceptions
 import tornado.web
 
-from wxapp.auth import Principal, Role
+from wxapp.auth import WECHAT_ROLES, Principal, Role
 from wxapp.context import AppContext
 from wxapp.errors import DEFAULT_MESSAGES, ApiError
 from wxapp.storage import UNAVAILABLE_ERRORS
@@ -73,6 +73,9 @@ class BaseHandler(tornado.web.RequestHandler):
     """Shared by every handler: the context, who is calling, and the security checks."""
 
     principal: Principal | None = None
+    # Redis keys a handler wants read together with the API key (one round trip), and their values.
+    prefetch_keys: list[str] = []
+    prefetched: dict[str, str | None] = {}
 
     @property
     def ctx(self) -> AppContext:
@@ -93,29 +96,32 @@ class BaseHandler(tornado.web.RequestHandler):
             if principal.role not in allow:
                 raise ApiError(403, "该 API 密钥的角色无权调用此接口")
             return principal
-        found_other_session = False
         if Role.ADMIN in allow:
             principal = await self._admin_principal()
             if principal is not None:
                 if self.request.method not in ("GET", "HEAD", "OPTIONS"):
                     self._verify_xsrf()
                 return principal
-        else:
-            found_other_session = bool(self.get_cookie(ADMIN_COOKIE))
-        if Role.WECHAT in allow:
-            principal = await self._wechat_principal()
-            if principal is not None:
-                return principal
-        else:
-            found_other_session = found_other_session or bool(await self._wechat_principal())
-        if found_other_session:
+        wechat = await self._wechat_principal()
+        if wechat is not None and Role.WECHAT in allow:
+            return wechat
+        if wechat is not None and (Role.VISITOR in allow or Role.EMPLOYEE in allow):
+            binding = await self.ctx.bindings.get(wechat.openid)
+            if binding is not None and Role(binding["type"]) in allow:
+                return dataclasses.replace(wechat, role=Role(binding["type"]), binding=binding)
+            if Role.EMPLOYEE not in allow:
+                raise ApiError(403, "请先绑定访客手机号")
+            if Role.VISITOR not in allow:
+                raise ApiError(403, "请先绑定员工身份")
+            raise ApiError(403, "请先绑定员工身份或访客手机号")
+        if wechat is not None or (Role.ADMIN not in allow and self.get_cookie(ADMIN_COOKIE)):
             raise ApiError(403, "当前登录身份无权调用此接口")
         raise ApiError(401, self.unauthenticated_message(allow))
 
     @staticmethod
     def unauthenticated_message(allow: tuple[Role, ...]) -> str:
         """What to tell a caller who did not authenticate."""
-        if Role.WECHAT in allow:
+        if any(role in allow for role in WECHAT_ROLES):
             return "请先通过微信登录"
         if Role.ADMIN in allow and len(allow) == 1:
             return "请先登录管理后台或提供管理员 API 密钥"
@@ -125,7 +131,7 @@ class BaseHandler(tornado.web.RequestHandler):
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise ApiError(401, "Authorization 请求头应为 Bearer <API 密钥>")
-        principal = await self.ctx.api_keys.authenticate(key.strip())
+        principal, self.prefetched = await self.ctx.api_keys.authenticate(key.strip(), self.prefetch_keys)
         if principal is None:
             raise ApiError(401, "API 密钥无效或已停用")
         return principal
@@ -204,6 +210,11 @@ class APIHandler(BaseHandler):
 
     def json_body(self) -> dict[str, Any]:
         """The request body as a dict: a JSON object or a urlencoded form; 400 when malformed."""
+        if not hasattr(self, "_json_body"):
+            self._json_body = self._parse_body()
+        return self._json_body
+
+    def _parse_body(self) -> dict[str, Any]:
         content_type = self.request.headers.get("Content-Type", "")
         if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             return {name: self.get_body_argument(name) for name in self.request.body_arguments}

@@ -21,13 +21,16 @@ class Role(str, enum.Enum):
     """What a caller may be; handlers declare which roles they accept."""
 
     PUBLIC = "public"  # anyone at all
-    WECHAT = "wechat"  # a WeChat user with an H5 session
+    WECHAT = "wechat"  # a WeChat user with an H5 session, bound or not
+    VISITOR = "visitor"  # a WeChat user bound as a visitor
+    EMPLOYEE = "employee"  # a WeChat user bound to an employee in Koala
     ADMIN = "admin"  # an admin session or an admin API key
     KIOSK = "kiosk"  # a sign-in kiosk's API key
     GATE = "gate"  # a gate's API key
 
 
 KEY_ROLES = (Role.ADMIN, Role.KIOSK, Role.GATE)
+WECHAT_ROLES = (Role.WECHAT, Role.VISITOR, Role.EMPLOYEE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Principal:
     username: str = ""
     key_id: str = ""
     key_name: str = ""
+    binding: dict | None = dataclasses.field(default=None, compare=False, hash=False)
 
 
 class ApiKeys:
@@ -107,19 +111,22 @@ class ApiKeys:
         cursor = self.storage.api_keys.find({}, {"key_hash": 0}).sort("created_at", -1)
         return await cursor.to_list(None)
 
-    async def authenticate(self, key: str) -> Principal | None:
-        """The principal for a presented key, or None when it is unknown or revoked."""
+    async def authenticate(self, key: str, also: list[str] = ()) -> tuple[Principal | None, dict]:
+        """The principal for a presented key (None when unknown or revoked), and the values of the
+        Redis keys in `also`, read in the same round trip."""
         key_hash = security.hash_api_key(key)
-        cached = await self.redis.get(self._cache_key(key_hash))
-        if cached:
-            data = json.loads(cached)
+        values = await self.redis.mget([self._cache_key(key_hash), *also])
+        extra = dict(zip(also, values[1:]))
+        if values[0]:
+            data = json.loads(values[0])
         else:
             doc = await self.storage.api_keys.find_one({"key_hash": key_hash, "revoked_at": None})
             if doc is None:
-                return None
+                return None, extra
             data = {"id": doc["_id"], "role": doc["role"], "name": doc.get("name", "")}
             await self.redis.set(self._cache_key(key_hash), json.dumps(data), ex=self.CACHE_TTL)
-        return Principal(role=Role(data["role"]), via="key", key_id=data["id"], key_name=data["name"])
+        principal = Principal(role=Role(data["role"]), via="key", key_id=data["id"], key_name=data["name"])
+        return principal, extra
 
 
 class Admins:

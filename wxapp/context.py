@@ -1,6 +1,7 @@
 """The application context: every client and service, built once at start-up and shared."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -10,10 +11,18 @@ from typing import Callable
 import redis.asyncio as aioredis
 
 from .auth import Admins, ApiKeys, OAuthStates, Sessions, WeChatUsers
+from .bindings import Bindings
+from .codes import VerificationCodes
 from .config import Config
+from .gate import GateCache, PassLog
+from .images import Images
+from .koala import KoalaClient
+from .outbox import Outbox
 from .security import SecretBox
+from .sms import SmsSender
 from .storage import Storage
 from .system_settings import SystemSettings
+from .visits import Visits
 from .wechat import WeChatOAuthService
 
 log = logging.getLogger(__name__)
@@ -36,9 +45,36 @@ class AppContext:
     oauth_states: OAuthStates
     oauth: WeChatOAuthService
     system_settings: SystemSettings
+    koala: KoalaClient
+    images: Images
+    sms: SmsSender
+    codes: VerificationCodes
+    bindings: Bindings
+    outbox: Outbox
+    gate_cache: GateCache
+    pass_log: PassLog
+    visits: Visits
+    background: list = dataclasses.field(default_factory=list)
+
+    def start_background(self, interval: float = 60.0) -> None:
+        """Start the periodic jobs: finish outbox entries and Koala deletions left by failures."""
+        self.background.append(asyncio.get_running_loop().create_task(self._periodic(interval)))
+
+    async def _periodic(self, interval: float) -> None:
+        while True:
+            for job in (self.outbox.sweep, self.visits.remove_koala_subjects):
+                try:
+                    await job()
+                except Exception:  # one failed round must not end the loop
+                    log.exception("background job %s failed", job.__qualname__)
+            await asyncio.sleep(interval)
 
     async def close(self) -> None:
-        """Release connections and threads."""
+        """Stop background work, then release connections and threads."""
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.pass_log.flush()
         await self.redis.aclose()
         self.storage.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -58,6 +94,18 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
         await storage.ping()
         await redis.ping()
         await storage.ensure_indexes()
+        system_settings = SystemSettings(storage, SecretBox(config.secret_key), clock)
+        wechat_users = WeChatUsers(storage, clock)
+        koala = KoalaClient(system_settings.koala_account, redis, timeout=config.http_timeout)
+        images = Images(storage, clock)
+        sms = SmsSender(config, executor)
+
+        async def code_template() -> str:
+            return (await system_settings.templates())["verify_code_sms_id"]
+
+        codes = VerificationCodes(redis, sms, code_template, clock, config.tz)
+        outbox = Outbox(storage, clock)
+        gate_cache = GateCache(storage, redis, clock)
         ctx = AppContext(
             config=config,
             storage=storage,
@@ -66,12 +114,21 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             clock=clock,
             api_keys=ApiKeys(storage, redis, clock),
             admins=Admins(storage, executor, clock),
-            wechat_users=WeChatUsers(storage, clock),
+            wechat_users=wechat_users,
             wechat_sessions=Sessions(redis, "wechat", config.wechat_session_ttl),
             admin_sessions=Sessions(redis, "admin", config.admin_session_ttl),
             oauth_states=OAuthStates(redis),
             oauth=WeChatOAuthService(config, executor),
-            system_settings=SystemSettings(storage, SecretBox(config.secret_key), clock),
+            system_settings=system_settings,
+            koala=koala,
+            images=images,
+            sms=sms,
+            codes=codes,
+            bindings=Bindings(storage, koala, images, codes, wechat_users, clock),
+            outbox=outbox,
+            gate_cache=gate_cache,
+            pass_log=PassLog(storage),
+            visits=Visits(storage, redis, koala, images, outbox, gate_cache, system_settings, clock, config.tz),
         )
         await ctx.api_keys.seed(config.api_keys)
         await ctx.admins.seed(config.admin_username, config.admin_password)

@@ -28,6 +28,40 @@ INDEXES = {
     "admins": [],
     "wechat_users": [],
     "settings": [],
+    "counters": [],
+    "images": [],
+    # One binding per WeChat user (_id = openid); a phone bound once per kind.
+    "bindings": [
+        pymongo.IndexModel([("type", ASCENDING), ("phone", ASCENDING)], unique=True, name="type_phone_unique"),
+    ],
+    # Visit records (_id = integer id). Every list is sorted by start_time, then id, descending.
+    "records": [
+        pymongo.IndexModel([("start_time", DESCENDING), ("_id", DESCENDING)], name="start_id"),
+        pymongo.IndexModel([("phone", ASCENDING), ("start_time", DESCENDING), ("_id", DESCENDING)], name="phone"),
+        pymongo.IndexModel([("proposer", ASCENDING), ("start_time", DESCENDING), ("_id", DESCENDING)],
+                           name="proposer"),
+        pymongo.IndexModel([("interviewee_phone", ASCENDING), ("start_time", DESCENDING), ("_id", DESCENDING)],
+                           name="interviewee_phone"),
+        pymongo.IndexModel([("retinues.phone", ASCENDING), ("start_time", DESCENDING)], name="retinue_phone"),
+        pymongo.IndexModel([("tokens", ASCENDING)], name="tokens"),
+        pymongo.IndexModel([("pending_events", ASCENDING)], name="pending_events"),
+    ],
+    # QR tokens of deleted records: the gate answers "no permission" instead of "unknown".
+    "revoked_tokens": [
+        pymongo.IndexModel([("revoked_at_date", ASCENDING)], name="expire", expireAfterSeconds=90 * 86400),
+    ],
+    # Notifications to send (_id = "<event>:<record id>:<channel>", so each is written once).
+    "outbox": [
+        pymongo.IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="due"),
+        pymongo.IndexModel([("record_id", ASCENDING)], name="record"),
+    ],
+    # Koala subjects still to delete after their record was deleted while Koala was down.
+    "koala_cleanup": [],
+    # Every gate decision.
+    "passes": [
+        pymongo.IndexModel([("time", DESCENDING)], name="time"),
+        pymongo.IndexModel([("record_id", ASCENDING), ("time", DESCENDING)], name="record"),
+    ],
 }
 
 
@@ -59,6 +93,13 @@ class Storage:
         for name, models in INDEXES.items():
             if models:
                 await self.db[name].create_indexes(models)
+
+    async def next_id(self, name: str) -> int:
+        """The next integer id of a sequence (atomic across processes)."""
+        doc = await self.db.counters.find_one_and_update(
+            {"_id": name}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        return doc["seq"]
 
     async def drop(self) -> None:
         """Drop the whole database (tests)."""

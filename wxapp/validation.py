@@ -2,6 +2,8 @@
 declaration parses requests and describes them in the OpenAPI document."""
 from __future__ import annotations
 
+import datetime
+import re
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import bad_request
@@ -32,6 +34,7 @@ class Field:
         description: str = "",
         example: Any = _MISSING,
         json_schema: Mapping[str, Any] | None = None,
+        convert: Callable[[Any], Any] | None = None,
     ):
         if kind not in _TYPE_NAMES:
             raise ValueError(f"unknown field kind {kind!r}")
@@ -51,6 +54,7 @@ class Field:
         self.description = description
         self.example = example
         self.extra_schema = dict(json_schema or {})
+        self.convert = convert
 
     def _fail(self, message: str):
         raise bad_request(f"参数 {self.name} {message}")
@@ -83,6 +87,11 @@ class Field:
         return value
 
     def _convert(self, raw: Any) -> Any:
+        if self.convert is not None:
+            try:
+                return self.convert(raw)
+            except ValueError as exc:
+                self._fail(str(exc))
         if self.kind == "string":
             if not isinstance(raw, str):
                 self._fail("应为字符串")
@@ -188,3 +197,51 @@ def _prefixed(field: Field, prefix: str) -> Field:
     clone.__dict__.update(field.__dict__)
     clone.name = prefix + field.name
     return clone
+
+
+_PHONE = re.compile(r"^\+?[0-9]{5,20}$")
+_MAINLAND_MOBILE = re.compile(r"^(?:\+?86)?(1[3-9][0-9]{9})$")
+_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def normalize_phone(value: str) -> str:
+    """A phone without spaces and dashes; ValueError unless it looks like a phone (CONTRACT §3)."""
+    phone = re.sub(r"[\s-]", "", value)
+    if not _PHONE.match(phone):
+        raise ValueError("不是有效的手机号码")
+    return phone
+
+
+def mainland_mobile(phone: str) -> str | None:
+    """The 11-digit mainland mobile number inside `phone`, or None (SMS goes only to these)."""
+    match = _MAINLAND_MOBILE.match(phone)
+    return match.group(1) if match else None
+
+
+def to_timestamp(raw: Any) -> int | datetime.datetime:
+    """An integer Unix time, or a naive datetime from "YYYY-MM-DD HH:MM:SS" (the caller applies TIMEZONE)."""
+    if isinstance(raw, bool):
+        raise ValueError("应为时间戳（秒）")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.isdigit():
+            return int(text)
+        try:
+            return datetime.datetime.strptime(text, _DATETIME_FORMAT)
+        except ValueError:
+            pass
+    raise ValueError("应为时间戳（秒）或 \"YYYY-MM-DD HH:MM:SS\"")
+
+
+def phone_field(name: str, **kwargs) -> Field:
+    """A phone number field, normalised."""
+    return Field(name, max_length=24, check=normalize_phone, **kwargs)
+
+
+def time_field(name: str, **kwargs) -> Field:
+    """A time field: Unix seconds, or a local "YYYY-MM-DD HH:MM:SS"."""
+    return Field(name, "integer", convert=to_timestamp, json_schema={"type": ["integer", "string"]}, **kwargs)

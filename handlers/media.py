@@ -1,0 +1,57 @@
+"""Images anyone may load (the token or name is the secret): QR passes and stored avatars."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+from wxapp import gate
+from wxapp.errors import ApiError
+from wxapp.qrcodes import qr_content, qr_png
+
+from .base import BaseHandler
+
+
+class ImageHandler(BaseHandler):
+    """Serves bytes with a content type; unknown names are a plain 404."""
+
+    def send_image(self, data: bytes, content_type: str, max_age: int) -> None:
+        self.set_header("Content-Type", content_type)
+        self.set_header("Cache-Control", f"private, max-age={max_age}")
+        self.finish(data)
+
+    def write_error(self, status_code: int, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        error = self.error_of(exc, status_code)
+        self.clear()
+        self.set_status(error.status)
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        self.finish(error.message)
+
+
+class QrCodeHandler(ImageHandler):
+    """GET /qrcode/<token>.png: the pass of one person of a signed-in visit."""
+
+    async def get(self, token: str):
+        cached = await self.ctx.redis.get(gate.cache_key(token))
+        entry = json.loads(cached) if cached else await self.ctx.gate_cache.load(token)
+        if not entry or entry.get("x") or entry.get("d"):
+            raise ApiError(404, "二维码不存在或已失效")
+        png = await asyncio.get_running_loop().run_in_executor(
+            self.ctx.executor, qr_png, qr_content(entry["r"], token))
+        self.send_image(png, "image/png", 3600)
+
+
+class AvatarHandler(ImageHandler):
+    """GET /avatar/<name>: an employee avatar copied out of Koala, or a visitor's photo."""
+
+    async def get(self, name: str):
+        image = await self.ctx.images.get(name)
+        if image is None:
+            raise ApiError(404, "图片不存在")
+        self.send_image(image[0], image[1], 86400)
+
+
+default_handlers = [
+    (r"/qrcode/(?P<token>[A-Za-z0-9_-]{16,64})\.png", QrCodeHandler),
+    (r"/avatar/(?P<name>[A-Za-z0-9_-]{8,64}(?:\.(?:jpg|png))?)", AvatarHandler),
+]

@@ -1,0 +1,216 @@
+"""H5 API 3, 5, 6, 7 and admin API 3.1, 4.1, 4.2: applications, records, authorization,
+sign-in, gate verification and deletion (CONTRACT §5)."""
+from __future__ import annotations
+
+import json
+import logging
+
+from wxapp import gate
+from wxapp.auth import Role
+from wxapp.errors import ApiError
+from wxapp.validation import Field, Schema, normalize_phone, phone_field, time_field
+
+from .base import APIHandler, api
+
+log = logging.getLogger(__name__)
+
+
+def _optional_phone(value: str) -> str:
+    return normalize_phone(value) if value else ""
+
+
+def _filter_phone(name: str, description: str) -> Field:
+    return Field(name, required=False, allow_empty=True, max_length=24, check=_optional_phone,
+                 description=description)
+
+
+PAGE = Field("page", "integer", default=1, minimum=1, description="页码，从 1 开始")
+SIZE = Field("size", "integer", default=5, minimum=1, check=lambda v: min(v, 100), description="每页条数，最多 100")
+PHOTO = Field("photo", required=False, allow_empty=True, max_length=2_800_000,
+              description="照片，JPEG/PNG 的 base64，不超过 2 MB")
+
+RETINUE = Schema(Field("name", max_length=32, description="随行人员姓名"),
+                 phone_field("phone", description="随行人员手机号码"), PHOTO)
+APPLICATION = Schema(
+    Field("subject_type", "integer", choices=[1], description="1：访客"),
+    Field("name", max_length=32, description="访客姓名"),
+    phone_field("phone", description="访客手机号码"),
+    Field("purpose", "integer", default=0, choices=[0, 1, 2, 3, 4],
+          description="来访目的：0 其它，1 面试，2 商务，3 亲友，4 快递送货"),
+    Field("remark", default="", allow_empty=True, max_length=200, description="备注"),
+    Field("come_from", default="", allow_empty=True, max_length=64, description="访客单位"),
+    phone_field("proposer", description="申请人的手机号码（本人绑定的手机号）"),
+    Field("interviewee", max_length=32, description="被访人姓名"),
+    phone_field("interviewee_phone", description="被访人手机号码"),
+    time_field("start_time", description="来访开始时间（Unix 秒）"),
+    time_field("end_time", description="来访结束时间（Unix 秒）"),
+    PHOTO,
+    Field("retinues", "array", default=[], items=RETINUE, max_items=20, aliases=("retinue",),
+          description="随行人员"),
+)
+RECORD_FILTERS = (
+    Field("name", required=False, allow_empty=True, max_length=32, description="访客姓名，模糊匹配"),
+    _filter_phone("phone", "访客手机号码"),
+    Field("interviewee", required=False, allow_empty=True, max_length=32, description="被访人姓名，模糊匹配"),
+    _filter_phone("interviewee_phone", "被访人手机号码"),
+    time_field("start_time", required=False, description="与来访时间段重叠的起点"),
+    time_field("end_time", required=False, description="与来访时间段重叠的终点"),
+    Field("is_auth", "integer", required=False, choices=[0, 1], description="0 未授权，1 已授权"),
+)
+RECORDS_QUERY = Schema(
+    Field("type", choices=["mobile", "web"], description="mobile：手机端（本人的记录）；web：管理端"),
+    _filter_phone("proposer", "申请人手机号码；手机端必填，须为本人绑定的手机号"),
+    *RECORD_FILTERS, PAGE, SIZE,
+)
+AUTH_RECORDS_QUERY = Schema(_filter_phone("phone", "员工的手机号码（默认本人）"), PAGE, SIZE)
+RECORD_ID = Schema(Field("id", "integer", minimum=1, description="访客记录 id"))
+
+_PERSON = {"subject_id": "integer", "name": "string", "phone": "string", "photo": "string",
+           "qrcode": "string", "qrcode_img_url": "string"}
+PERSON_SCHEMA = {"type": "object", "properties": {k: {"type": t} for k, t in _PERSON.items()}}
+RECORD_SCHEMA = {"type": "object", "properties": {
+    **PERSON_SCHEMA["properties"],
+    **{k: {"type": t} for k, t in (
+        ("id", "integer"), ("subject_type", "integer"), ("purpose", "integer"), ("remark", "string"),
+        ("come_from", "string"), ("proposer", "string"), ("interviewee", "string"),
+        ("interviewee_phone", "string"), ("department", "string"), ("start_time", "integer"),
+        ("end_time", "integer"), ("group_ids", "string"), ("is_auth", "integer"), ("signin_time", "integer"),
+        ("create_time", "integer"))},
+    "retinues": {"type": "array", "items": PERSON_SCHEMA},
+}}
+
+
+class VisitHandler(APIHandler):
+    """Shared: records shaped as the seed shows them, with absolute URLs under cloud_url."""
+
+    async def present(self, records: list[dict]) -> list[dict]:
+        base = await self.public_url("")
+        return [self.ctx.visits.present(record, base) for record in records]
+
+
+class ApplicationHandler(VisitHandler):
+    """3 访客申请（员工邀约或访客申请）."""
+
+    @api(allow=[Role.VISITOR, Role.EMPLOYEE], summary="访客申请（访客）或邀约（员工）", body=APPLICATION,
+         data=RECORD_SCHEMA)
+    async def post(self):
+        record = await self.ctx.visits.apply(self.principal.binding, self.body)
+        self.ok((await self.present([record]))[0])
+
+
+class RecordsHandler(VisitHandler):
+    """5 查询访客申请记录."""
+
+    @api(allow=[Role.VISITOR, Role.EMPLOYEE, Role.ADMIN], summary="查询访客申请记录（按来访时间倒序）",
+         query=RECORDS_QUERY, data={"type": "array", "items": RECORD_SCHEMA}, paged=True)
+    async def get(self):
+        args = self.query
+        query = self.ctx.visits.filters(args)
+        if args["type"] == "web":
+            if self.principal.role != Role.ADMIN:
+                raise ApiError(403, "只有管理员可以查询全部访客记录")
+            if args.get("proposer"):
+                query["proposer"] = args["proposer"]
+        else:
+            if not args.get("proposer"):
+                raise ApiError(400, "缺少参数 proposer")
+            if self.principal.role != Role.ADMIN and args["proposer"] != self.principal.binding["phone"]:
+                raise ApiError(403, "只能查询本人的访客记录")
+            # "My records": what I applied for or invited, and visits where I am the visitor.
+            query["$or"] = [{"proposer": args["proposer"]}, {"phone": args["proposer"]}]
+        records, page = await self.ctx.visits.find(query, args["page"], args["size"])
+        self.ok(await self.present(records), page)
+
+
+class AuthRecordsHandler(VisitHandler):
+    """6 员工查询授权记录."""
+
+    @api(allow=[Role.EMPLOYEE, Role.ADMIN], summary="员工查询需要本人授权的访客记录",
+         query=AUTH_RECORDS_QUERY, data={"type": "array", "items": RECORD_SCHEMA}, paged=True)
+    async def get(self):
+        phone = self.query.get("phone")
+        if self.principal.role == Role.EMPLOYEE:
+            own = self.principal.binding["phone"]
+            if phone and phone != own:
+                raise ApiError(403, "只能查询本人的授权记录")
+            phone = own
+        query = {"interviewee_phone": phone} if phone else {}
+        records, page = await self.ctx.visits.find(query, self.query["page"], self.query["size"])
+        self.ok(await self.present(records), page)
+
+
+class AuthorizeHandler(VisitHandler):
+    """7 员工授权."""
+
+    @api(allow=[Role.EMPLOYEE, Role.ADMIN], summary="被访员工授权访客申请", path=RECORD_ID)
+    async def put(self, id: int):
+        employee_phone = self.principal.binding["phone"] if self.principal.role == Role.EMPLOYEE else None
+        await self.ctx.visits.authorize(id, employee_phone)
+        self.ok()
+
+
+class RecordHandler(VisitHandler):
+    """Admin 3.1 删除访客申请记录."""
+
+    @api(allow=[Role.ADMIN], summary="删除访客申请记录（二维码立即失效，考拉中的访客随后删除）", path=RECORD_ID)
+    async def delete(self, id: int):
+        await self.ctx.visits.delete(id)
+        self.ok()
+
+
+class SigninHandler(VisitHandler):
+    """Admin 4.1 访客签到."""
+
+    @api(allow=[Role.KIOSK, Role.ADMIN], summary="签到机签到：写入考拉并生成每人的通行二维码",
+         body=Schema(phone_field("phone", description="访客或任一随行人员的手机号码")), data=RECORD_SCHEMA)
+    async def post(self):
+        record = await self.ctx.visits.signin(self.body["phone"])
+        self.ok((await self.present([record]))[0])
+
+
+class GateHandler(APIHandler):
+    """Admin 4.2 访客二维码验证: the gates' hot path, one Redis round trip on a cache hit."""
+
+    def prepare(self):
+        # Parse the QR code before authentication, so the key and the token are read from Redis together.
+        try:
+            body = self.json_body()
+        except ApiError:
+            body = {}
+        raw = body.get("qrcode")
+        self.parsed = gate.parse_qrcode(raw) if isinstance(raw, str) else None
+        if self.parsed is not None:
+            self.prefetch_keys = [gate.cache_key(self.parsed[0])]
+
+    @api(allow=[Role.GATE, Role.KIOSK, Role.ADMIN], summary="闸机验证访客二维码",
+         description="code 0 放行；-201 二维码无效，-202 未到访问时间，-203 未签到，-204 无通行权限，-209 通行权限已过期",
+         body=Schema(Field("qrcode", max_length=512, description="二维码内容（整段 JSON 或其中的 qrcode）"),
+                     Field("gate", required=False, allow_empty=True, max_length=64, description="闸机名称，记入日志")))
+    async def post(self):
+        now = self.ctx.clock()
+        entry, record_id = None, None
+        if self.parsed is not None:
+            token, record_id = self.parsed
+            cached = self.prefetched.get(gate.cache_key(token))
+            if cached is None:
+                cached = await self.ctx.redis.get(gate.cache_key(token))
+            entry = json.loads(cached) if cached else await self.ctx.gate_cache.load(token)
+        code = gate.decide(entry, record_id, now)
+        self.write_envelope(code, gate.MESSAGES[code])
+        self.ctx.pass_log.record({
+            "time": now, "code": code, "gate": self.body.get("gate", ""),
+            "key_id": self.principal.key_id, "key_name": self.principal.key_name or self.principal.username,
+            "record_id": (entry or {}).get("r"), "person": (entry or {}).get("p"),
+            "token_prefix": self.parsed[0][:6] if self.parsed else "",
+        })
+
+
+default_handlers = [
+    (r"/v1/subject", ApplicationHandler),
+    (r"/v1/visit/records", RecordsHandler),
+    (r"/v1/visit/records/(?P<id>[0-9]+)", RecordHandler),
+    (r"/v1/auth/records", AuthRecordsHandler),
+    (r"/v1/auth/(?P<id>[0-9]+)", AuthorizeHandler),
+    (r"/v1/visit/signin", SigninHandler),
+    (r"/v1/visit/qrcode", GateHandler),
+]

@@ -1,0 +1,144 @@
+"""Gate decisions on QR tokens (seed admin 4.2, CONTRACT §5): Redis first, MongoDB on a miss."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from typing import Callable
+
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+OK, UNKNOWN, NOT_STARTED, NOT_SIGNED_IN, NO_PERMISSION, EXPIRED = 0, -201, -202, -203, -204, -209
+MESSAGES = {
+    OK: "",
+    UNKNOWN: "二维码无效",
+    NOT_STARTED: "未到访问时间",
+    NOT_SIGNED_IN: "未签到",
+    NO_PERMISSION: "无通行权限",
+    EXPIRED: "通行权限已过期",
+}
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_DAY = 86400
+
+
+def parse_qrcode(content: str) -> tuple[str, int | None] | None:
+    """(token, record id or None) from the whole QR content or a bare token; None when malformed."""
+    content = content.strip()
+    record_id = None
+    if content.startswith("{"):
+        try:
+            data = json.loads(content)
+            token, record_id = data["qrcode"], data.get("id")
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(token, str) or (record_id is not None and not isinstance(record_id, int)):
+            return None
+        content = token
+    return (content, record_id) if _TOKEN.match(content) else None
+
+
+def cache_key(token: str) -> str:
+    """The Redis key holding what the gate needs to know about a token."""
+    return f"qr:{token}"
+
+
+def decide(entry: dict | None, record_id: int | None, now: float) -> int:
+    """The decision code for a cached entry, checked in the contract's order."""
+    if not entry or entry.get("x") or (record_id is not None and record_id != entry.get("r")):
+        return UNKNOWN
+    if entry.get("d") or not entry.get("a"):
+        return NO_PERMISSION
+    if not entry.get("i"):
+        return NOT_SIGNED_IN
+    if now < entry["s"]:
+        return NOT_STARTED
+    if now >= entry["e"]:
+        return EXPIRED
+    return OK
+
+
+class GateCache:
+    """What gates read: one small JSON value per QR token, kept current by every change."""
+
+    def __init__(self, storage: Storage, redis, clock: Callable[[], float]):
+        self.storage = storage
+        self.redis = redis
+        self.clock = clock
+
+    def _ttl(self, end_time: int) -> int:
+        # Long enough to answer "expired" for a week after the visit, then fall back to MongoDB.
+        return max(_DAY, int(end_time - self.clock()) + 7 * _DAY)
+
+    @staticmethod
+    def entry(record: dict, person: int) -> dict:
+        """The cached facts about one person's token."""
+        return {"r": record["_id"], "p": person, "s": record["start_time"], "e": record["end_time"],
+                "a": record["is_auth"], "i": 1 if record["signin_time"] else 0}
+
+    async def publish(self, record: dict) -> None:
+        """Write every token of a record (after sign-in)."""
+        ttl = self._ttl(record["end_time"])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for person, p in enumerate([record, *record["retinues"]]):
+                if p.get("token"):
+                    pipe.set(cache_key(p["token"]), json.dumps(self.entry(record, person)), ex=ttl)
+            await pipe.execute()
+
+    async def revoke(self, record: dict) -> None:
+        """Make a deleted record's tokens answer "no permission" at once."""
+        tokens = [t for t in record.get("tokens", []) if t]
+        if not tokens:
+            return
+        now = self.clock()
+        await self.storage.revoked_tokens.insert_many(
+            [{"_id": t, "record_id": record["_id"], "revoked_at": now} for t in tokens])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for token in tokens:
+                pipe.set(cache_key(token), json.dumps({"r": record["_id"], "d": 1}), ex=30 * _DAY)
+            await pipe.execute()
+
+    async def load(self, token: str) -> dict:
+        """The entry for a token from MongoDB (a cache miss), cached for next time."""
+        record = await self.storage.records.find_one({"tokens": token})
+        if record is not None:
+            person = [p.get("token") for p in [record, *record["retinues"]]].index(token)
+            entry, ttl = self.entry(record, person), self._ttl(record["end_time"])
+        elif (revoked := await self.storage.revoked_tokens.find_one({"_id": token})) is not None:
+            entry, ttl = {"r": revoked["record_id"], "d": 1}, 30 * _DAY
+        else:
+            entry, ttl = {"x": 1}, 60  # unknown: remember briefly so a flood of bad codes stays cheap
+        await self.redis.set(cache_key(token), json.dumps(entry), ex=ttl)
+        return entry
+
+
+class PassLog:
+    """Records every gate decision in MongoDB in batches, off the request's path."""
+
+    def __init__(self, storage: Storage, *, batch: int = 200, interval: float = 0.2):
+        self.storage = storage
+        self.batch = batch
+        self.interval = interval
+        self._pending: list[dict] = []
+        self._task: asyncio.Task | None = None
+
+    def record(self, entry: dict) -> None:
+        """Queue one decision; written within `interval` seconds."""
+        self._pending.append(entry)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self.interval)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write what is queued now."""
+        while self._pending:
+            chunk, self._pending = self._pending[: self.batch], self._pending[self.batch:]
+            try:
+                await self.storage.passes.insert_many(chunk, ordered=False)
+            except Exception:  # the log must never take the gate down
+                log.exception("could not write %d gate decisions", len(chunk))

@@ -1,0 +1,221 @@
+"""Megvii Koala (考拉) admin HTTP client: employees, visitor subjects, photos, avatars."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import uuid
+from http.cookies import CookieError, SimpleCookie
+from typing import Awaitable, Callable
+from urllib.parse import urlencode
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+
+from .system_settings import KoalaAccount
+
+log = logging.getLogger(__name__)
+
+SESSION_TTL = 3600  # seconds a Koala session cookie is reused before logging in again
+PAGE_SIZE = 100
+MAX_PAGES = 100  # guards against a Koala that ignores `page` and never reports a total
+UNAVAILABLE = "考拉系统暂时无法访问"
+
+
+class KoalaError(Exception):
+    """Koala failed, timed out, or refused; `.message` is a Chinese sentence safe to show a user."""
+
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(message)
+
+
+class KoalaNotConfigured(KoalaError):
+    """No Koala address is saved in the servers settings."""
+
+    def __init__(self, message: str = "考拉系统尚未配置"):
+        super().__init__(message)
+
+
+def normalize_phone(phone: str) -> str:
+    """A phone number without spaces, dashes or the +86 country code."""
+    digits = re.sub(r"[\s\-]", "", phone or "")
+    if digits.startswith("+86"):
+        digits = digits[3:]
+    elif digits.startswith("86") and len(digits) == 13:
+        digits = digits[2:]
+    return digits
+
+
+class KoalaClient:
+    """Calls Koala with a login session shared by every server process through Redis."""
+
+    def __init__(self, account: Callable[[], Awaitable[KoalaAccount | None]], redis, *, timeout: float = 10.0):
+        self._account = account
+        self._redis = redis
+        self.timeout = timeout
+        self._login_lock = asyncio.Lock()
+
+    async def find_employee(self, name: str, phone: str) -> dict | None:
+        """The employee whose name is exactly `name` and whose phone is `phone`, or None."""
+        name, wanted = name.strip(), normalize_phone(phone)
+        if not name or not wanted:
+            return None
+        for page in range(1, MAX_PAGES + 1):
+            query = urlencode({"category": "employee", "name": name, "page": page, "size": PAGE_SIZE})
+            data = await self._call("GET", "/mobile-admin/subjects/list?" + query)
+            items = data.get("data") or []
+            for subject in items:
+                if (subject.get("name") or "").strip() == name and normalize_phone(subject.get("phone")) == wanted:
+                    return subject
+            total = (data.get("page") or {}).get("total")
+            if not items or (len(items) < PAGE_SIZE if total is None else page >= int(total)):
+                break
+        return None
+
+    async def create_visitor(self, *, name: str, phone: str, start_time: int, end_time: int, interviewee: str,
+                             come_from: str = "", purpose: int = 0, remark: str = "",
+                             photo: bytes | None = None) -> int:
+        """Create a visitor subject allowed in from `start_time` to `end_time`; returns its id."""
+        photo_ids = []
+        if photo:
+            boundary = uuid.uuid4().hex
+            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"photo.jpg\"\r\n"
+                    f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+            uploaded = await self._call("POST", "/subject/photo", body=body,
+                                        content_type=f"multipart/form-data; boundary={boundary}")
+            photo_ids.append(self._data(uploaded)["id"])
+        created = await self._call("POST", "/subject", json_body={
+            "subject_type": 1, "name": name, "phone": phone, "start_time": int(start_time),
+            "end_time": int(end_time), "interviewee": interviewee, "come_from": come_from,
+            "purpose": purpose, "remark": remark, "photo_ids": photo_ids})
+        return int(self._data(created)["id"])
+
+    async def delete_subject(self, subject_id: int) -> None:
+        """Delete a subject; one Koala no longer has counts as deleted."""
+        await self._call("DELETE", f"/subject/{int(subject_id)}", missing_ok=True)
+
+    async def fetch_image(self, path: str) -> tuple[bytes, str]:
+        """The bytes and content type of an image on the Koala host (an avatar or photo path)."""
+        resp = await self._call("GET", path, raw=True)
+        return resp.body, resp.headers.get("Content-Type", "application/octet-stream")
+
+    async def check(self) -> None:
+        """Log in afresh and list one page of employees, to prove the settings work."""
+        account = await self._settings()
+        await self._login(account, fresh=True)
+        await self._call("GET", "/mobile-admin/subjects/list?category=employee&page=1&size=1")
+
+    async def _settings(self) -> KoalaAccount:
+        account = await self._account()
+        if account is None:
+            raise KoalaNotConfigured()
+        return account
+
+    @staticmethod
+    def _session_key(account: KoalaAccount) -> str:
+        digest = hashlib.sha1(f"{account.base_url}\n{account.username}".encode()).hexdigest()
+        return f"koala:session:{digest}"
+
+    async def _login(self, account: KoalaAccount, *, stale: str | None = None, fresh: bool = False) -> str:
+        """A new session cookie, or one another caller stored while we waited (unless `fresh`)."""
+        async with self._login_lock:
+            key = self._session_key(account)
+            if not fresh:
+                current = await self._redis.get(key)
+                if current and current != stale:
+                    return current
+            body = json.dumps({"username": account.username, "password": account.password})
+            resp = await self._fetch(account, "POST", "/auth/login", body=body, content_type="application/json")
+            if resp.code >= 500:
+                log.warning("Koala login answered HTTP %s", resp.code)
+                raise KoalaError(UNAVAILABLE)
+            data = self._json(resp, "/auth/login")
+            if resp.code != 200 or data.get("code") != 0:
+                log.warning("Koala login refused: HTTP %s %s", resp.code, data)
+                raise KoalaError(f"考拉登录失败：{data.get('desc') or f'HTTP {resp.code}'}")
+            cookie = SimpleCookie()
+            try:
+                for header in resp.headers.get_list("Set-Cookie"):
+                    cookie.load(header)
+            except CookieError:
+                log.warning("Koala login sent an unreadable Set-Cookie")
+            if not cookie:
+                log.warning("Koala login succeeded without a Set-Cookie")
+                raise KoalaError("考拉登录失败：未返回会话")
+            session = "; ".join(f"{m.key}={m.coded_value}" for m in cookie.values())
+            await self._redis.set(key, session, ex=SESSION_TTL)
+            log.info("Logged into Koala at %s as %s", account.base_url, account.username)
+            return session
+
+    async def _call(self, method: str, path: str, *, json_body=None, body: bytes | None = None,
+                    content_type: str | None = None, raw: bool = False, missing_ok: bool = False):
+        """Send one call with the session, logging in again once if Koala says it expired."""
+        account = await self._settings()
+        if json_body is not None:
+            body, content_type = json.dumps(json_body, ensure_ascii=False), "application/json"
+        cookie = await self._redis.get(self._session_key(account)) or await self._login(account)
+        for attempt in range(2):
+            resp = await self._fetch(account, method, path, cookie=cookie, body=body, content_type=content_type)
+            location = resp.headers.get("Location", "")
+            if not (resp.code == 401 or (300 <= resp.code < 400 and "login" in location.lower())):
+                break
+            if attempt:
+                log.warning("Koala refused %s %s right after a new login (HTTP %s)", method, path, resp.code)
+                raise KoalaError("考拉拒绝访问，请检查考拉账号设置")
+            cookie = await self._login(account, stale=cookie)
+        if resp.code >= 500:
+            log.warning("Koala %s %s answered HTTP %s: %r", method, path, resp.code, resp.body[:200])
+            raise KoalaError(UNAVAILABLE)
+        if missing_ok and resp.code == 404:
+            return None
+        if raw and resp.code == 200 and "json" not in resp.headers.get("Content-Type", ""):
+            return resp
+        data = self._json(resp, path)
+        if data.get("code") != 0:
+            log.warning("Koala %s %s refused: HTTP %s %s", method, path, resp.code, data)
+            raise KoalaError(f"考拉返回错误：{data.get('desc') or '未知错误'}")
+        if resp.code != 200 or raw:
+            log.warning("Koala %s %s answered HTTP %s: %s", method, path, resp.code, data)
+            raise KoalaError("考拉返回了无法识别的应答")
+        return data
+
+    async def _fetch(self, account: KoalaAccount, method: str, path: str, *, cookie: str | None = None,
+                     body=None, content_type: str | None = None) -> HTTPResponse:
+        headers = {"User-Agent": "Koala Admin"}
+        if cookie:
+            headers["Cookie"] = cookie
+        if content_type:
+            headers["Content-Type"] = content_type
+        if "://" in path and not path.startswith(account.base_url + "/"):
+            # Never hand the session cookie to another host.
+            log.warning("Refusing to fetch %s: not on Koala at %s", path, account.base_url)
+            raise KoalaError("图片地址不在考拉系统上")
+        url = path if "://" in path else account.base_url + "/" + path.lstrip("/")
+        request = HTTPRequest(url, method, headers=headers, body=body, follow_redirects=False,
+                              connect_timeout=self.timeout, request_timeout=self.timeout)
+        try:
+            return await AsyncHTTPClient().fetch(request, raise_error=False)
+        except (HTTPClientError, OSError) as exc:
+            log.warning("Koala %s %s failed: %s", method, url, exc)
+            raise KoalaError(UNAVAILABLE) from exc
+
+    @staticmethod
+    def _json(resp: HTTPResponse, path: str) -> dict:
+        try:
+            data = json.loads(resp.body or b"")
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            log.warning("Koala %s answered HTTP %s with non-JSON: %r", path, resp.code, (resp.body or b"")[:200])
+            raise KoalaError("考拉返回了无法识别的应答")
+        return data
+
+    @staticmethod
+    def _data(answer: dict) -> dict:
+        data = answer.get("data")
+        if not isinstance(data, dict) or "id" not in data:
+            log.warning("Koala answer without data.id: %s", answer)
+            raise KoalaError("考拉返回了无法识别的应答")
+        return data

@@ -1,0 +1,75 @@
+"""The outbox: notifications written with the state change that causes them (CONTRACT §6).
+
+A state change adds its event to the record's `pending_events` in the same single-document
+update, so the two can never part; `materialize` then turns pending events into one outbox
+entry per channel (ids `<event>:<record id>:<channel>`, so none is ever written twice) and
+clears them. `sweep` finishes the job for a process that died in between."""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from .events import EVENTS
+from .storage import DuplicateKeyError, Storage
+
+log = logging.getLogger(__name__)
+
+# Who each event is for: the visitor of the record or the employee being visited.
+RECIPIENT = {
+    "approval_reminder_to_employee": "employee",
+    "approval_pass_to_visitor": "visitor",
+    "signin_to_visitor": "visitor",
+    "visitor_signin_to_employee": "employee",
+}
+assert set(RECIPIENT) == set(EVENTS)
+
+
+class Outbox:
+    """Writes outbox entries for records' pending events."""
+
+    def __init__(self, storage: Storage, clock: Callable[[], float]):
+        self.storage = storage
+        self.clock = clock
+
+    async def _recipient(self, event: str, record: dict) -> tuple[str, str]:
+        """(openid or "", phone) of the person an event is for."""
+        kind = RECIPIENT[event]
+        phone = record["phone"] if kind == "visitor" else record["interviewee_phone"]
+        binding = await self.storage.bindings.find_one({"type": kind, "phone": phone}, {"_id": 1})
+        return (binding["_id"] if binding else ""), phone
+
+    async def materialize(self, record_id: int) -> int:
+        """Write the entries for a record's pending events; returns how many were new."""
+        record = await self.storage.records.find_one({"_id": record_id})
+        if record is None or not record.get("pending_events"):
+            return 0
+        written = 0
+        now = self.clock()
+        for event in record["pending_events"]:
+            openid, phone = await self._recipient(event, record)
+            for channel, to in (("wechat", openid), ("sms", phone)):
+                if not to:
+                    continue  # a visitor or employee without WeChat binding gets SMS only
+                entry = {
+                    "_id": f"{event}:{record_id}:{channel}", "event": event, "channel": channel, "to": to,
+                    "record_id": record_id, "status": "pending", "attempts": 0, "last_error": "",
+                    "next_attempt_at": now, "created_at": now,
+                }
+                try:
+                    await self.storage.outbox.insert_one(entry)
+                    written += 1
+                except DuplicateKeyError:
+                    pass
+        await self.storage.records.update_one(
+            {"_id": record_id}, {"$pullAll": {"pending_events": record["pending_events"]}}
+        )
+        return written
+
+    async def sweep(self) -> int:
+        """Materialize every record left with pending events (after a crash)."""
+        total = 0
+        async for doc in self.storage.records.find({"pending_events": {"$in": list(EVENTS)}}, {"_id": 1}):
+            total += await self.materialize(doc["_id"])
+        if total:
+            log.info("outbox sweep wrote %d notifications", total)
+        return total

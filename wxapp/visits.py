@@ -1,0 +1,313 @@
+"""Visit records: applications and invitations, lists, authorization, kiosk sign-in, deletion."""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import re
+from typing import Callable
+from zoneinfo import ZoneInfo
+
+from .errors import ApiError, bad_request, conflict, not_found, upstream_failed
+from .gate import GateCache
+from .images import Images, decode_photo
+from .koala import KoalaClient, KoalaError
+from .outbox import Outbox
+from .security import new_token
+from .storage import Storage
+from .system_settings import SystemSettings
+
+log = logging.getLogger(__name__)
+
+PURPOSES = {0: "其它", 1: "面试", 2: "商务", 3: "亲友", 4: "快递送货"}
+SORT = [("start_time", -1), ("_id", -1)]
+SIGNIN_LOCK_TTL = 60
+
+
+def epoch(value, tz: ZoneInfo) -> int:
+    """A request time as Unix seconds: ints pass, naive datetimes are read in `tz`."""
+    if isinstance(value, datetime.datetime):
+        return int(value.replace(tzinfo=tz).timestamp())
+    return int(value)
+
+
+def page_of(count: int, page: int, size: int) -> dict:
+    """The seed's `page` object."""
+    return {"current": page, "size": size, "count": count, "total": (count + size - 1) // size}
+
+
+class Visits:
+    """The rules of CONTRACT §5 for records, independent of HTTP."""
+
+    def __init__(self, storage: Storage, redis, koala: KoalaClient, images: Images, outbox: Outbox,
+                 gate_cache: GateCache, settings: SystemSettings, clock: Callable[[], float], tz: ZoneInfo):
+        self.storage = storage
+        self.redis = redis
+        self.koala = koala
+        self.images = images
+        self.outbox = outbox
+        self.gate_cache = gate_cache
+        self.settings = settings
+        self.clock = clock
+        self.tz = tz
+
+    # --- applications ----------------------------------------------------------------------
+
+    async def apply(self, binding: dict, values: dict) -> dict:
+        """A visitor's application (pending) or an employee's invitation (authorized)."""
+        start, end = epoch(values["start_time"], self.tz), epoch(values["end_time"], self.tz)
+        if end <= start:
+            raise bad_request("参数 end_time 必须晚于 start_time")
+        if end <= self.clock():
+            raise bad_request("参数 end_time 必须是将来的时间")
+        own = binding["phone"]
+        if binding["type"] == "visitor":
+            if values["proposer"] != own or values["phone"] != own:
+                raise ApiError(403, "访客申请时，申请人和访客手机号必须是本人绑定的手机号")
+            department = await self._interviewee_department(values["interviewee"], values["interviewee_phone"])
+            is_auth, event = 0, "approval_reminder_to_employee"
+        else:
+            if values["proposer"] != own or values["interviewee_phone"] != own:
+                raise ApiError(403, "员工邀约时，申请人和被访人手机号必须是本人绑定的手机号")
+            department = binding.get("department", "")
+            is_auth, event = 1, "approval_pass_to_visitor"
+        photo = await self._save_photo(values.get("photo"))
+        retinues = []
+        for item in values.get("retinues", []):
+            retinues.append({"name": item["name"], "phone": item["phone"],
+                             "photo": await self._save_photo(item.get("photo")), "koala_id": 0, "token": ""})
+        record = {
+            "_id": await self.storage.next_id("records"),
+            "subject_type": 1, "name": values["name"], "phone": values["phone"],
+            "purpose": values["purpose"], "remark": values["remark"], "come_from": values["come_from"],
+            "proposer": values["proposer"], "interviewee": values["interviewee"],
+            "interviewee_phone": values["interviewee_phone"], "department": department,
+            "start_time": start, "end_time": end, "photo": photo, "koala_id": 0, "token": "",
+            "retinues": retinues, "tokens": [], "is_auth": is_auth, "signin_time": 0,
+            "created_by": binding["_id"], "create_time": int(self.clock()),
+            "pending_events": [event],
+        }
+        await self.storage.records.insert_one(record)
+        await self.outbox.materialize(record["_id"])
+        record["pending_events"] = []
+        return record
+
+    async def _interviewee_department(self, name: str, phone: str) -> str:
+        bound = await self.storage.bindings.find_one({"type": "employee", "phone": phone})
+        if bound is not None:
+            return bound.get("department", "")
+        try:
+            employee = await self.koala.find_employee(name, phone)
+        except KoalaError as exc:
+            raise upstream_failed(exc.message) from None
+        if employee is None:
+            raise not_found("未找到被访员工，请确认被访人姓名和手机号")
+        return employee.get("department") or ""
+
+    async def _save_photo(self, value: str | None) -> str:
+        if not value:
+            return ""
+        try:
+            data = decode_photo(value)
+        except ValueError as exc:
+            raise bad_request(f"参数 photo {exc}") from None
+        return await self.images.save(data)
+
+    # --- lists -------------------------------------------------------------------------------
+
+    async def find(self, query: dict, page: int, size: int) -> tuple[list[dict], dict]:
+        """One page of records matching `query`, newest visit first."""
+        count = await self.storage.records.count_documents(query)
+        cursor = self.storage.records.find(query).sort(SORT).skip((page - 1) * size).limit(size)
+        return await cursor.to_list(size), page_of(count, page, size)
+
+    def filters(self, args: dict) -> dict:
+        """The query for the seed's filters (CONTRACT §5): substrings escaped, phones exact, windows overlap."""
+        query: dict = {}
+        for name in ("name", "interviewee"):
+            if args.get(name):
+                query[name] = {"$regex": re.escape(args[name]), "$options": "i"}
+        for name in ("phone", "interviewee_phone", "proposer"):
+            if args.get(name):
+                query[name] = args[name]
+        if args.get("is_auth") is not None:
+            query["is_auth"] = args["is_auth"]
+        if args.get("start_time") is not None:
+            query["end_time"] = {"$gt": epoch(args["start_time"], self.tz)}
+        if args.get("end_time") is not None:
+            query["start_time"] = {"$lt": epoch(args["end_time"], self.tz)}
+        return query
+
+    async def get(self, record_id: int) -> dict:
+        """A record, or 404."""
+        record = await self.storage.records.find_one({"_id": record_id})
+        if record is None:
+            raise not_found("访客记录不存在")
+        return record
+
+    # --- authorization ------------------------------------------------------------------------
+
+    async def authorize(self, record_id: int, employee_phone: str | None) -> dict:
+        """Authorize a record (the interviewee, or an admin when `employee_phone` is None)."""
+        record = await self.get(record_id)
+        if employee_phone is not None and record["interviewee_phone"] != employee_phone:
+            raise ApiError(403, "只有被访员工本人可以授权该访客")
+        if record["is_auth"] == 1:
+            return record
+        if record["end_time"] <= self.clock():
+            raise conflict("来访时间已过，无法授权")
+        updated = await self.storage.records.find_one_and_update(
+            {"_id": record_id, "is_auth": 0},
+            {"$set": {"is_auth": 1}, "$push": {"pending_events": "approval_pass_to_visitor"}},
+            return_document=True,
+        )
+        if updated is None:  # authorized by someone else at the same moment, or deleted
+            return await self.get(record_id)
+        await self.outbox.materialize(record_id)
+        return updated
+
+    # --- sign-in -----------------------------------------------------------------------------
+
+    def _today(self) -> tuple[int, int]:
+        now = datetime.datetime.fromtimestamp(self.clock(), self.tz)
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return int(start.timestamp()), int((start + datetime.timedelta(days=1)).timestamp())
+
+    async def _todays_record(self, phone: str) -> dict:
+        day_start, day_end = self._today()
+        query = {
+            "$or": [{"phone": phone}, {"retinues.phone": phone}],
+            "is_auth": 1, "start_time": {"$lt": day_end}, "end_time": {"$gt": day_start},
+        }
+        records = await self.storage.records.find(query).to_list(100)
+        if not records:
+            raise not_found("今天没有已审批的预约")
+        now = self.clock()
+        current = [r for r in records if r["start_time"] <= now < r["end_time"]]
+        return min(current or records, key=lambda r: (r["start_time"], r["_id"]))
+
+    async def signin(self, phone: str) -> dict:
+        """Sign the visit in: every person into Koala, a QR token each; repeating it changes nothing."""
+        record = await self._todays_record(phone)
+        if record["signin_time"]:
+            return record
+        lock = f"lock:signin:{record['_id']}"
+        owner = new_token(8)
+        deadline = self.clock() + SIGNIN_LOCK_TTL
+        while not await self.redis.set(lock, owner, nx=True, ex=SIGNIN_LOCK_TTL):
+            # Another kiosk or process is signing this record in: wait for its result.
+            await asyncio.sleep(0.1)
+            record = await self.get(record["_id"])
+            if record["signin_time"]:
+                return record
+            if self.clock() > deadline:
+                raise ApiError(409, "该预约正在签到，请稍后再试")
+        try:
+            record = await self.get(record["_id"])
+            if record["signin_time"]:
+                return record
+            return await self._sign_in_locked(record)
+        finally:
+            if await self.redis.get(lock) == owner:
+                await self.redis.delete(lock)
+
+    async def _sign_in_locked(self, record: dict) -> dict:
+        people = [("", record)] + [(f"retinues.{i}.", p) for i, p in enumerate(record["retinues"])]
+        for prefix, person in people:
+            if person.get("koala_id"):
+                continue  # created by an earlier attempt that failed later: reuse it
+            photo = (await self.images.get(person["photo"]))[0] if person.get("photo") else None
+            try:
+                koala_id = await self.koala.create_visitor(
+                    name=person["name"], phone=person["phone"], start_time=record["start_time"],
+                    end_time=record["end_time"], interviewee=record["interviewee"],
+                    come_from=record["come_from"], purpose=record["purpose"], remark=record["remark"],
+                    photo=photo,
+                )
+            except KoalaError as exc:
+                log.warning("sign-in of record %s stopped: %s", record["_id"], exc.message)
+                raise upstream_failed(f"写入考拉系统失败：{exc.message}") from None
+            person["koala_id"] = koala_id
+            await self.storage.records.update_one({"_id": record["_id"]}, {"$set": {prefix + "koala_id": koala_id}})
+        tokens = {"token": new_token(24)}
+        for i in range(len(record["retinues"])):
+            tokens[f"retinues.{i}.token"] = new_token(24)
+        now = int(self.clock())
+        updated = await self.storage.records.find_one_and_update(
+            {"_id": record["_id"], "signin_time": 0},
+            {"$set": {**tokens, "tokens": list(tokens.values()), "signin_time": now},
+             "$push": {"pending_events": {"$each": ["signin_to_visitor", "visitor_signin_to_employee"]}}},
+            return_document=True,
+        )
+        if updated is None:
+            return await self.get(record["_id"])
+        await self.gate_cache.publish(updated)
+        await self.outbox.materialize(updated["_id"])
+        return updated
+
+    # --- deletion ----------------------------------------------------------------------------
+
+    async def delete(self, record_id: int) -> None:
+        """Delete a record: its QR codes stop at once, its Koala subjects go (later, if Koala is down)."""
+        record = await self.storage.records.find_one_and_delete({"_id": record_id})
+        if record is None:
+            raise not_found("访客记录不存在")
+        await self.gate_cache.revoke(record)
+        await self.storage.outbox.update_many(
+            {"record_id": record_id, "status": "pending"}, {"$set": {"status": "cancelled"}}
+        )
+        koala_ids = [p["koala_id"] for p in [record, *record["retinues"]] if p.get("koala_id")]
+        await self.images.delete([record.get("photo")] + [p.get("photo") for p in record["retinues"]])
+        if koala_ids:
+            await self.storage.koala_cleanup.insert_one(
+                {"_id": f"record:{record_id}", "subject_ids": koala_ids, "attempts": 0, "created_at": self.clock()}
+            )
+            await self.remove_koala_subjects()
+
+    async def remove_koala_subjects(self) -> int:
+        """Delete Koala subjects of deleted records; what fails stays queued for the next try."""
+        done = 0
+        async for job in self.storage.koala_cleanup.find({}):
+            remaining = []
+            for subject_id in job["subject_ids"]:
+                try:
+                    await self.koala.delete_subject(subject_id)
+                    done += 1
+                except KoalaError as exc:
+                    log.warning("Koala subject %s not deleted yet: %s", subject_id, exc.message)
+                    remaining.append(subject_id)
+            if remaining:
+                await self.storage.koala_cleanup.update_one(
+                    {"_id": job["_id"]}, {"$set": {"subject_ids": remaining}, "$inc": {"attempts": 1}})
+            else:
+                await self.storage.koala_cleanup.delete_one({"_id": job["_id"]})
+        return done
+
+    # --- presentation ------------------------------------------------------------------------
+
+    def present(self, record: dict, cloud_url: str) -> dict:
+        """A record as the seed's responses show it."""
+        signed = bool(record["signin_time"])
+
+        def person(p: dict) -> dict:
+            token = p.get("token", "") if signed else ""
+            return {
+                "subject_id": p.get("koala_id", 0) if signed else 0,
+                "name": p["name"], "phone": p["phone"],
+                "photo": f"{cloud_url}/avatar/{p['photo']}" if p.get("photo") else "",
+                "qrcode": json.dumps({"id": record["_id"], "qrcode": token}) if token else "",
+                "qrcode_img_url": f"{cloud_url}/qrcode/{token}.png" if token else "",
+            }
+
+        main = person(record)
+        return {
+            "id": record["_id"], **main, "subject_type": 1,
+            "purpose": record["purpose"], "remark": record["remark"], "come_from": record["come_from"],
+            "proposer": record["proposer"], "interviewee": record["interviewee"],
+            "interviewee_phone": record["interviewee_phone"], "department": record.get("department", ""),
+            "start_time": record["start_time"], "end_time": record["end_time"], "group_ids": "",
+            "is_auth": record["is_auth"], "signin_time": record["signin_time"],
+            "create_time": record.get("create_time", 0),
+            "retinues": [person(p) for p in record["retinues"]],
+        }

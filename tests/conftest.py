@@ -14,6 +14,7 @@ from tests.support import Browser
 from wxapp.config import Config
 from wxapp.context import build_context
 from wxapp.embedded import MongoProcess, RedisProcess
+from wxapp.events import TEMPLATE_ID_FIELDS
 
 ADMIN_KEY = "test-admin-key-0001"
 KIOSK_KEY = "test-kiosk-key-0001"
@@ -70,7 +71,11 @@ def config(request, databases, fakes, tmp_path) -> Config:
         wechat_token="test-token",
         wechat_api_base_url=fakes.wechat.url,
         wechat_oauth_base_url=fakes.wechat.url + "connect/",
-        sms_backend="log",
+        sms_backend="aliyun",
+        aliyun_sms_endpoint=fakes.sms.url,
+        aliyun_access_key_id=fakes.sms.access_key_id,
+        aliyun_access_key_secret="fake-secret",
+        sms_sign_name="访客预约",
         http_timeout=5.0,
     )
     marker = request.node.get_closest_marker("config")
@@ -97,7 +102,7 @@ def app(ctx):
 def client(http_client, base_url):
     """A fresh cookie-keeping client; call it for more than one."""
     def new(**kwargs) -> Browser:
-        return Browser(http_client, base_url, **kwargs)
+        return Browser(http_client, base_url, public_url=CLOUD_URL, **kwargs)
     return new
 
 
@@ -137,3 +142,58 @@ def admin_login(client):
         assert resp.status == 302, resp
         return browser
     return login
+
+
+CLOUD_URL = "https://visit.example.com"
+TEMPLATE_IDS = {name: f"TPL_{name}" for name in TEMPLATE_ID_FIELDS}
+
+
+@pytest.fixture
+def configured(io_loop, ctx, fakes):
+    """Servers settings pointing at the local Koala, and every message template set."""
+    async def save():
+        await ctx.system_settings.save_servers({
+            "koala_ip": fakes.koala.url.removeprefix("http://").rstrip("/"),
+            "koala_username": fakes.koala.username, "koala_password": fakes.koala.password,
+            "cloud_url": CLOUD_URL,
+        })
+        await ctx.system_settings.save_templates({**TEMPLATE_IDS, "verify_code_sms_id": "SMS_CODE"})
+    io_loop.run_sync(save)
+    return ctx
+
+
+def last_code(fakes, phone: str) -> str:
+    """The verification code the local SMS server last received for `phone`."""
+    sent = [m for m in fakes.sms.sent if m["phone"] == phone and m["template_code"] == "SMS_CODE"]
+    assert sent, f"no verification code was sent to {phone}"
+    return sent[-1]["params"]["code"]
+
+
+@pytest.fixture
+def bind_visitor(wechat_login, fakes, configured):
+    """Log a WeChat user in and bind them as a visitor with an SMS code; returns their Browser."""
+    async def bind(openid: str = "o-visitor", phone: str = "13900000001", nickname: str = "访客小张") -> Browser:
+        browser = await wechat_login(openid, nickname)
+        assert (await browser.fetch("/v1/sms/code", "POST", json={"phone": phone})).json()["code"] == 0
+        resp = await browser.fetch("/v1/visitor/binding", "POST", json={
+            "weixinUserId": openid, "phone": phone, "code": last_code(fakes, phone)})
+        assert resp.json()["code"] == 0, resp
+        browser.openid, browser.phone = openid, phone
+        return browser
+    return bind
+
+
+@pytest.fixture
+def bind_employee(wechat_login, fakes, configured):
+    """Add an employee to the local Koala, log them into WeChat and bind; returns their Browser."""
+    async def bind(openid: str = "o-employee", name: str = "李经理", phone: str = "13800000002",
+                   department: str = "市场部") -> Browser:
+        fakes.koala.add_employee(name, phone, department=department)
+        browser = await wechat_login(openid, name)
+        assert (await browser.fetch("/v1/sms/code", "POST", json={"phone": phone})).json()["code"] == 0
+        resp = await browser.fetch("/v1/subject/binding", "POST", json={
+            "weixinUserId": openid, "name": name, "phone": phone, "code": last_code(fakes, phone)})
+        assert resp.json()["code"] == 0, resp
+        browser.openid, browser.phone, browser.name = openid, phone, name
+        return browser
+    return bind

@@ -35,9 +35,12 @@ class Response:
 class Browser:
     """Keeps cookies per host, sends XSRF tokens like the admin pages do, follows redirects on request."""
 
-    def __init__(self, http_client: AsyncHTTPClient, base_url: str, headers: dict | None = None):
+    def __init__(self, http_client: AsyncHTTPClient, base_url: str, headers: dict | None = None,
+                 public_url: str | None = None):
         self.client = http_client
         self.base_url = base_url
+        # The public address (cloud_url) reaches this app, as a reverse proxy would arrange.
+        self.public_url = public_url
         self.cookies: dict[str, SimpleCookie] = {}
         self.headers = dict(headers or {})
 
@@ -54,7 +57,7 @@ class Browser:
                     headers: dict | None = None, key: str | None = None, xsrf: bool = True,
                     follow: bool = False) -> Response:
         """Request `path` (relative to the app, or absolute); returns the final Response."""
-        url = path if "://" in path else self.base_url + path
+        url = self._local(path if "://" in path else self.base_url + path)
         hdrs = dict(self.headers)
         if json is not None:
             body = jsonlib.dumps(json, ensure_ascii=False).encode()
@@ -78,11 +81,16 @@ class Browser:
             self._store(url, resp)
             if not (follow and resp.code in (301, 302, 303, 307)):
                 return Response(resp)
-            url = urljoin(url, resp.headers["Location"])
+            url = self._local(urljoin(url, resp.headers["Location"]))
             method, body = "GET", None
             hdrs.pop("Content-Type", None)
             hdrs.pop("Cookie", None)
         raise AssertionError("too many redirects")
+
+    def _local(self, url: str) -> str:
+        if self.public_url and url.startswith(self.public_url + "/"):
+            return self.base_url + url[len(self.public_url):]
+        return url
 
     def _store(self, url: str, resp: HTTPResponse) -> None:
         jar = self.cookies.setdefault(urlsplit(url).netloc, SimpleCookie())

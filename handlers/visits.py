@@ -105,19 +105,17 @@ class RecordsHandler(VisitHandler):
          query=RECORDS_QUERY, data={"type": "array", "items": RECORD_SCHEMA}, paged=True)
     async def get(self):
         args = self.query
-        query = self.ctx.visits.filters(args)
         if args["type"] == "web":
             if self.principal.role != Role.ADMIN:
                 raise ApiError(403, "只有管理员可以查询全部访客记录")
-            if args.get("proposer"):
-                query["proposer"] = args["proposer"]
+            query = self.ctx.visits.filters(args)
         else:
             if not args.get("proposer"):
                 raise ApiError(400, "缺少参数 proposer")
             if self.principal.role != Role.ADMIN and args["proposer"] != self.principal.binding["phone"]:
                 raise ApiError(403, "只能查询本人的访客记录")
             # "My records": what I applied for or invited, and visits where I am the visitor.
-            query["$or"] = [{"proposer": args["proposer"]}, {"phone": args["proposer"]}]
+            query = self.ctx.visits.filters({**args, "proposer": ""}, party=args["proposer"])
         records, page = await self.ctx.visits.find(query, args["page"], args["size"])
         self.ok(await self.present(records), page)
 
@@ -134,7 +132,7 @@ class AuthRecordsHandler(VisitHandler):
             if phone and phone != own:
                 raise ApiError(403, "只能查询本人的授权记录")
             phone = own
-        query = {"interviewee_phone": phone} if phone else {}
+        query = self.ctx.visits.filters({"interviewee_phone": phone})
         records, page = await self.ctx.visits.find(query, self.query["page"], self.query["size"])
         self.ok(await self.present(records), page)
 

@@ -120,8 +120,8 @@ class ApiKeys:
         if values[0]:
             data = json.loads(values[0])
         else:
-            doc = await self.storage.api_keys.find_one({"key_hash": key_hash, "revoked_at": None})
-            if doc is None:
+            doc = await self.storage.api_keys.find_one({"key_hash": key_hash})
+            if doc is None or doc.get("revoked_at"):
                 return None, extra
             data = {"id": doc["_id"], "role": doc["role"], "name": doc.get("name", "")}
             await self.redis.set(self._cache_key(key_hash), json.dumps(data), ex=self.CACHE_TTL)

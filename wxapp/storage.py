@@ -20,6 +20,8 @@ ReturnDocument = pymongo.ReturnDocument
 
 # Every index a query of the application relies on, created at start-up
 # (while collections are small: building one over a large collection is slow).
+# Each query sends MongoDB only predicates that one of these indexes serves completely
+# (SecantusDB, the embedded server, scans the collection otherwise); see wxapp.visits.RecordQuery.
 INDEXES = {
     "api_keys": [
         pymongo.IndexModel([("key_hash", ASCENDING)], unique=True, name="key_hash_unique"),
@@ -42,7 +44,11 @@ INDEXES = {
                            name="proposer"),
         pymongo.IndexModel([("interviewee_phone", ASCENDING), ("start_time", DESCENDING), ("_id", DESCENDING)],
                            name="interviewee_phone"),
-        pymongo.IndexModel([("retinues.phone", ASCENDING), ("start_time", DESCENDING)], name="retinue_phone"),
+        # Everyone's phone (visitor and retinues): kiosk sign-in by any of them.
+        pymongo.IndexModel([("phones", ASCENDING), ("start_time", DESCENDING)], name="phones"),
+        # Proposer and visitor: "my records" on the phone.
+        pymongo.IndexModel([("parties", ASCENDING), ("start_time", DESCENDING), ("_id", DESCENDING)],
+                           name="parties"),
         pymongo.IndexModel([("tokens", ASCENDING)], name="tokens"),
         pymongo.IndexModel([("pending_events", ASCENDING)], name="pending_events"),
     ],
@@ -53,7 +59,7 @@ INDEXES = {
     # Notifications to send (_id = "<event>:<record id>:<channel>", so each is written once).
     "outbox": [
         pymongo.IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="due"),
-        pymongo.IndexModel([("record_id", ASCENDING)], name="record"),
+        pymongo.IndexModel([("record_id", ASCENDING), ("status", ASCENDING)], name="record_status"),
     ],
     # Koala subjects still to delete after their record was deleted while Koala was down.
     "koala_cleanup": [],

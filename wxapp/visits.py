@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
@@ -30,6 +31,29 @@ def epoch(value, tz: ZoneInfo) -> int:
     if isinstance(value, datetime.datetime):
         return int(value.replace(tzinfo=tz).timestamp())
     return int(value)
+
+
+def _equals(field: str, value) -> Callable[[dict], bool]:
+    return lambda record: record.get(field) == value
+
+
+def _contains(field: str, text: str) -> Callable[[dict], bool]:
+    needle = text.casefold()
+    return lambda record: needle in record.get(field, "").casefold()
+
+
+@dataclasses.dataclass
+class RecordQuery:
+    """A records filter split in two: `index`, the predicates one index serves completely, sent to
+    MongoDB; `checks`, the rest, applied to the records the index yields. Every list is driven by a
+    selective index (a phone, or the visit time), so its cost follows the matches, not the collection."""
+
+    index: dict
+    checks: list
+
+    def matches(self, record: dict) -> bool:
+        """Whether a record passes every check."""
+        return all(check(record) for check in self.checks)
 
 
 def page_of(count: int, page: int, size: int) -> dict:
@@ -85,6 +109,8 @@ class Visits:
             "interviewee_phone": values["interviewee_phone"], "department": department,
             "start_time": start, "end_time": end, "photo": photo, "koala_id": 0, "token": "",
             "retinues": retinues, "tokens": [], "is_auth": is_auth, "signin_time": 0,
+            "phones": list(dict.fromkeys([values["phone"], *(r["phone"] for r in retinues)])),
+            "parties": list(dict.fromkeys([values["proposer"], values["phone"]])),
             "created_by": binding["_id"], "create_time": int(self.clock()),
             "pending_events": [event],
         }
@@ -116,28 +142,44 @@ class Visits:
 
     # --- lists -------------------------------------------------------------------------------
 
-    async def find(self, query: dict, page: int, size: int) -> tuple[list[dict], dict]:
+    async def find(self, query: "RecordQuery", page: int, size: int) -> tuple[list[dict], dict]:
         """One page of records matching `query`, newest visit first."""
-        count = await self.storage.records.count_documents(query)
-        cursor = self.storage.records.find(query).sort(SORT).skip((page - 1) * size).limit(size)
-        return await cursor.to_list(size), page_of(count, page, size)
+        cursor = self.storage.records.find(query.index).sort(SORT)
+        skip = (page - 1) * size
+        if not query.checks:
+            count = await self.storage.records.count_documents(query.index)
+            return await cursor.skip(skip).limit(size).to_list(size), page_of(count, page, size)
+        count, items = 0, []
+        async for record in cursor.batch_size(500):
+            if query.matches(record):
+                if skip <= count < skip + size:
+                    items.append(record)
+                count += 1
+        return items, page_of(count, page, size)
 
-    def filters(self, args: dict) -> dict:
-        """The query for the seed's filters (CONTRACT §5): substrings escaped, phones exact, windows overlap."""
-        query: dict = {}
+    def filters(self, args: dict, *, party: str = "") -> "RecordQuery":
+        """The seed's filters (CONTRACT §5): names as case-insensitive substrings, phones exact,
+        times selecting visits that overlap [start_time, end_time]; `party` limits to one person's records."""
+        equal = {name: args[name] for name in ("interviewee_phone", "phone", "proposer") if args.get(name)}
+        if party:
+            equal = {"parties": party, **equal}
+        checks: list[Callable[[dict], bool]] = []
+        index: dict = {}
+        if equal:
+            field = next(iter(equal))
+            index[field] = equal.pop(field)
+            checks += [_equals(name, value) for name, value in equal.items()]
+        if args.get("end_time") is not None:
+            index["start_time"] = {"$lt": epoch(args["end_time"], self.tz)}
+        if args.get("start_time") is not None:
+            after = epoch(args["start_time"], self.tz)
+            checks.append(lambda r: r["end_time"] > after)
+        if args.get("is_auth") is not None:
+            checks.append(_equals("is_auth", args["is_auth"]))
         for name in ("name", "interviewee"):
             if args.get(name):
-                query[name] = {"$regex": re.escape(args[name]), "$options": "i"}
-        for name in ("phone", "interviewee_phone", "proposer"):
-            if args.get(name):
-                query[name] = args[name]
-        if args.get("is_auth") is not None:
-            query["is_auth"] = args["is_auth"]
-        if args.get("start_time") is not None:
-            query["end_time"] = {"$gt": epoch(args["start_time"], self.tz)}
-        if args.get("end_time") is not None:
-            query["start_time"] = {"$lt": epoch(args["end_time"], self.tz)}
-        return query
+                checks.append(_contains(name, args[name]))
+        return RecordQuery(index, checks)
 
     async def get(self, record_id: int) -> dict:
         """A record, or 404."""
@@ -176,11 +218,8 @@ class Visits:
 
     async def _todays_record(self, phone: str) -> dict:
         day_start, day_end = self._today()
-        query = {
-            "$or": [{"phone": phone}, {"retinues.phone": phone}],
-            "is_auth": 1, "start_time": {"$lt": day_end}, "end_time": {"$gt": day_start},
-        }
-        records = await self.storage.records.find(query).to_list(100)
+        candidates = await self.storage.records.find({"phones": phone, "start_time": {"$lt": day_end}}).to_list(None)
+        records = [r for r in candidates if r["is_auth"] == 1 and r["end_time"] > day_start]
         if not records:
             raise not_found("今天没有已审批的预约")
         now = self.clock()

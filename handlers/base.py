@@ -114,7 +114,7 @@ class BaseHandler(tornado.web.RequestHandler):
             if Role.VISITOR not in allow:
                 raise ApiError(403, "请先绑定员工身份")
             raise ApiError(403, "请先绑定员工身份或访客手机号")
-        if wechat is not None or (Role.ADMIN not in allow and self.get_cookie(ADMIN_COOKIE)):
+        if wechat is not None or (Role.ADMIN not in allow and await self._admin_principal()):
             raise ApiError(403, "当前登录身份无权调用此接口")
         raise ApiError(401, self.unauthenticated_message(allow))
 

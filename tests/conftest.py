@@ -10,7 +10,7 @@ import pytest
 
 from handlers import make_app
 from tests.fakes import FakeKoala, FakeSms, FakeWeChat
-from tests.support import Browser
+from tests.support import Browser, Clock
 from wxapp.config import Config
 from wxapp.context import build_context
 from wxapp.embedded import MongoProcess, RedisProcess
@@ -83,9 +83,15 @@ def config(request, databases, fakes, tmp_path) -> Config:
 
 
 @pytest.fixture
-def ctx(io_loop, config):
+def clock() -> Clock:
+    """The app's clock; tests move it to reach a visit's window or pass its end."""
+    return Clock()
+
+
+@pytest.fixture
+def ctx(io_loop, config, clock):
     """The application context, built as server.py builds it; its database is dropped afterwards."""
-    context = io_loop.run_sync(lambda: build_context(config))
+    context = io_loop.run_sync(lambda: build_context(config, clock=clock))
     io_loop.run_sync(context.redis.flushdb)
     yield context
     io_loop.run_sync(context.storage.drop)

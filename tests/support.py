@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json as jsonlib
+import time
 from http.cookies import SimpleCookie
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -110,3 +111,16 @@ def set_cookie_headers(resp: Response) -> dict[str, str]:
     for header in resp.headers.get_list("Set-Cookie"):
         result[header.split("=", 1)[0]] = header
     return result
+
+
+class Clock:
+    """The application's clock in tests: real time, moved forward or back on request."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds

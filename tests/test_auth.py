@@ -295,3 +295,17 @@ async def test_admin_session_expires_in_redis(admin_login, ctx):
     keys = [k async for k in ctx.redis.scan_iter("session:admin:*")]
     assert len(keys) == 1
     assert 0 < await ctx.redis.ttl(keys[0]) <= ctx.config.admin_session_ttl
+
+
+@pytest.mark.gen_test
+async def test_a_forged_admin_cookie_on_a_wechat_endpoint_is_401(anonymous):
+    anonymous.set_cookie("admin_session", "garbage")
+    resp = await anonymous.fetch("/v1/sms/code", "POST", json={"phone": "13900000001"})
+    assert resp.status == 401
+
+
+@pytest.mark.gen_test
+async def test_an_admin_session_on_a_wechat_endpoint_is_403(admin_login):
+    browser = await admin_login()
+    resp = await browser.fetch("/v1/sms/code", "POST", json={"phone": "13900000001"})
+    assert resp.status == 403

@@ -74,7 +74,7 @@ class AppContext:
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
-        await self.pass_log.flush()
+        await self.pass_log.close()
         await self.redis.aclose()
         self.storage.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -134,6 +134,12 @@ class PassLog:
         await asyncio.sleep(self.interval)
         await self.flush()
 
+    async def close(self) -> None:
+        """Stop the timer and write what is queued (at shutdown)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        await self.flush()
+
     async def flush(self) -> None:
         """Write what is queued now."""
         while self._pending:

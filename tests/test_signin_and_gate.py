@@ -1,0 +1,249 @@
+"""Kiosk sign-in, QR passes, gate decisions and deletion (seed admin 3.1, 4.1, 4.2; CONTRACT §5)."""
+import asyncio
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from tests.conftest import ADMIN_KEY, GATE_KEY, KIOSK_KEY
+from tests.test_visits import RETINUES, application
+
+HOUR = 3600
+
+
+@pytest.fixture
+def approved_visit(bind_visitor, bind_employee, clock, anonymous):
+    """A visitor's application with two retinues, authorized by the employee; returns its id."""
+    async def make(start_offset=-600, length=2 * HOUR, retinues=RETINUES):
+        employee = await bind_employee("o-e1", "李经理", "13800000002", "市场部")
+        visitor = await bind_visitor("o-v1", "13900000001")
+        now = int(clock())
+        resp = await visitor.fetch("/v1/subject", "POST", json=application(
+            "13900000001", now + start_offset, now + start_offset + length, retinues=retinues))
+        rid = resp.json()["data"]["id"]
+        assert (await employee.fetch(f"/v1/auth/{rid}", "PUT")).json()["code"] == 0
+        return rid
+    return make
+
+
+async def signin(anonymous, phone, key=KIOSK_KEY):
+    return await anonymous.fetch("/v1/visit/signin", "POST", json={"phone": phone}, key=key)
+
+
+async def check(anonymous, qrcode, key=GATE_KEY, gate="east-1"):
+    return (await anonymous.fetch("/v1/visit/qrcode", "POST", json={"qrcode": qrcode, "gate": gate}, key=key)).json()
+
+
+@pytest.mark.gen_test
+async def test_signin_with_a_retinue_phone_writes_everyone_into_koala(approved_visit, anonymous, fakes, ctx):
+    rid = await approved_visit()
+    resp = await signin(anonymous, "137 0000 0012")
+    assert resp.status == 200, resp
+    data = resp.json()["data"]
+    assert data["id"] == rid and data["name"] == "张三" and data["signin_time"] > 0
+    visitors = {v["phone"]: v for v in fakes.koala.visitors()}
+    assert set(visitors) == {"13900000001", "13700000011", "13700000012"}
+    record = await ctx.storage.records.find_one({"_id": rid})
+    for person in [data, *data["retinues"]]:
+        koala = visitors[person["phone"]]
+        assert person["subject_id"] == koala["id"]
+        assert (koala["subject_type"], koala["start_time"], koala["end_time"]) == (
+            1, record["start_time"], record["end_time"])
+        assert koala["interviewee"] == "李经理"
+        content = json.loads(person["qrcode"])
+        assert content["id"] == rid and len(content["qrcode"]) >= 22  # ≥ 128 bits
+        assert person["qrcode_img_url"] == f"https://visit.example.com/qrcode/{content['qrcode']}.png"
+    tokens = [json.loads(p["qrcode"])["qrcode"] for p in [data, *data["retinues"]]]
+    assert len(set(tokens)) == 3
+
+
+@pytest.mark.gen_test
+async def test_signin_notifies_visitor_and_employee_once(approved_visit, anonymous, ctx):
+    rid = await approved_visit()
+    await signin(anonymous, "13900000001")
+    await signin(anonymous, "13900000001")
+    ids = {d["_id"] for d in await ctx.storage.outbox.find({}).to_list(None)}
+    assert {f"signin_to_visitor:{rid}:wechat", f"signin_to_visitor:{rid}:sms",
+            f"visitor_signin_to_employee:{rid}:wechat", f"visitor_signin_to_employee:{rid}:sms"} <= ids
+    assert await ctx.storage.outbox.count_documents({"event": {"$in": [
+        "signin_to_visitor", "visitor_signin_to_employee"]}}) == 4
+
+
+@pytest.mark.gen_test
+async def test_signing_in_again_returns_the_same_passes(approved_visit, anonymous, fakes):
+    await approved_visit()
+    first = (await signin(anonymous, "13900000001")).json()["data"]
+    second = (await signin(anonymous, "13700000011")).json()["data"]
+    assert second == first
+    assert len(fakes.koala.visitors()) == 3
+
+
+@pytest.mark.gen_test
+async def test_two_kiosks_at_the_same_moment_make_one_set_of_passes(approved_visit, anonymous, fakes):
+    await approved_visit()
+    fakes.koala.delay = 0.05
+    answers = await asyncio.gather(*(signin(anonymous, phone) for phone in
+                                     ["13900000001", "13700000011", "13700000012", "13900000001"]))
+    datas = [a.json()["data"] for a in answers]
+    assert all(d == datas[0] for d in datas)
+    assert len(fakes.koala.visitors()) == 3
+
+
+@pytest.mark.gen_test
+async def test_koala_failing_midway_is_502_and_a_retry_reuses_what_was_created(approved_visit, anonymous,
+                                                                               fakes, ctx):
+    rid = await approved_visit()
+    fakes.koala.fail_create_after(1)
+    failed = await signin(anonymous, "13900000001")
+    assert failed.status == 502
+    assert "考拉" in failed.json()["err_msg"]
+    record = await ctx.storage.records.find_one({"_id": rid})
+    assert record["signin_time"] == 0 and record["tokens"] == []
+    assert await ctx.storage.outbox.count_documents({"event": "signin_to_visitor"}) == 0
+    fakes.koala.reset()
+    ok = await signin(anonymous, "13900000001")
+    assert ok.json()["code"] == 0
+    assert len(fakes.koala.visitors()) == 3
+
+
+@pytest.mark.gen_test
+async def test_no_approved_visit_today_is_404(bind_visitor, bind_employee, clock, anonymous):
+    await bind_employee("o-e1", "李经理", "13800000002")
+    visitor = await bind_visitor("o-v1", "13900000001")
+    now = int(clock())
+    await visitor.fetch("/v1/subject", "POST", json=application("13900000001", now + 60, now + HOUR))
+    resp = await signin(anonymous, "13900000001")
+    assert resp.status == 404
+    assert resp.json()["err_msg"] == "今天没有已审批的预约"
+    assert (await signin(anonymous, "13911112222")).status == 404
+
+
+@pytest.mark.gen_test
+async def test_signin_prefers_the_visit_happening_now(bind_visitor, bind_employee, clock, anonymous):
+    employee = await bind_employee("o-e1", "李经理", "13800000002")
+    await bind_visitor("o-v1", "13900000001")
+    now = int(clock())
+    clock.advance(-60)  # both applications are made a minute earlier
+    later = (await employee.fetch("/v1/subject", "POST", json=application(
+        "13900000001", now + 30, now + 40, proposer="13800000002"))).json()["data"]["id"]
+    current = (await employee.fetch("/v1/subject", "POST", json=application(
+        "13900000001", now - 30, now + 20, proposer="13800000002"))).json()["data"]["id"]
+    clock.advance(60)
+    assert (await signin(anonymous, "13900000001")).json()["data"]["id"] == current
+    assert later != current
+
+
+@pytest.mark.gen_test
+async def test_gate_decisions_through_the_day(approved_visit, anonymous, clock, ctx):
+    rid = await approved_visit(start_offset=HOUR, length=HOUR)
+    data = (await signin(anonymous, "13900000001")).json()["data"]
+    token = json.loads(data["qrcode"])["qrcode"]
+    retinue_qr = data["retinues"][0]["qrcode"]
+    assert await check(anonymous, data["qrcode"]) == {"code": -202, "err_msg": "未到访问时间"}
+    clock.advance(HOUR + 1)
+    assert await check(anonymous, data["qrcode"]) == {"code": 0, "err_msg": ""}
+    assert (await check(anonymous, token))["code"] == 0  # the bare token works too
+    assert (await check(anonymous, retinue_qr))["code"] == 0
+    clock.advance(HOUR)
+    assert await check(anonymous, data["qrcode"]) == {"code": -209, "err_msg": "通行权限已过期"}
+    await ctx.pass_log.flush()
+    logged = await ctx.storage.passes.find({"record_id": rid}).sort("time", 1).to_list(None)
+    assert [p["code"] for p in logged] == [-202, 0, 0, 0, -209]
+    assert {p["gate"] for p in logged} == {"east-1"} and logged[0]["key_name"] == "gate (API_KEYS)"
+    assert logged[3]["person"] == 1
+
+
+@pytest.mark.parametrize("qrcode", [
+    "no-such-token-0123456789", '{"id": 1, "qrcode": "no-such-token-0123456789"}', "{not json", "", "短",
+    '{"id": "1", "qrcode": 5}',
+])
+@pytest.mark.gen_test
+async def test_unknown_or_malformed_codes_are_refused(configured, anonymous, qrcode):
+    resp = await anonymous.fetch("/v1/visit/qrcode", "POST", json={"qrcode": qrcode}, key=GATE_KEY)
+    assert resp.status in (200, 400)
+    if resp.status == 200:
+        assert resp.json() == {"code": -201, "err_msg": "二维码无效"}
+
+
+@pytest.mark.gen_test
+async def test_a_token_shown_with_another_record_id_is_refused(approved_visit, anonymous):
+    rid = await approved_visit()
+    data = (await signin(anonymous, "13900000001")).json()["data"]
+    token = json.loads(data["qrcode"])["qrcode"]
+    assert (await check(anonymous, json.dumps({"id": rid + 1, "qrcode": token})))["code"] == -201
+
+
+@pytest.mark.gen_test
+async def test_gate_answers_from_mongodb_when_the_cache_is_gone(approved_visit, anonymous, ctx):
+    await approved_visit()
+    data = (await signin(anonymous, "13900000001")).json()["data"]
+    await ctx.redis.flushdb()
+    assert (await check(anonymous, data["qrcode"]))["code"] == 0
+
+
+@pytest.mark.gen_test
+async def test_a_cached_gate_decision_makes_no_mongodb_query(approved_visit, anonymous, ctx):
+    await approved_visit()
+    data = (await signin(anonymous, "13900000001")).json()["data"]
+    assert (await check(anonymous, data["qrcode"]))["code"] == 0  # the key's role is cached now
+    await ctx.pass_log.flush()
+    before = (await ctx.storage.client.admin.command("serverStatus"))["opcounters"]
+    assert (await check(anonymous, data["qrcode"]))["code"] == 0
+    after = (await ctx.storage.client.admin.command("serverStatus"))["opcounters"]
+    assert after["query"] == before["query"]
+    assert after["command"] - before["command"] == 1  # the serverStatus itself
+
+
+@pytest.mark.gen_test
+async def test_deleting_a_record_stops_its_passes_at_once_and_removes_koala_subjects(approved_visit,
+                                                                                     anonymous, fakes, ctx):
+    rid = await approved_visit()
+    data = (await signin(anonymous, "13900000001")).json()["data"]
+    assert (await check(anonymous, data["qrcode"]))["code"] == 0
+    resp = await anonymous.fetch(f"/v1/visit/records/{rid}", "DELETE", key=ADMIN_KEY)
+    assert resp.json() == {"code": 0, "err_msg": ""}
+    assert await check(anonymous, data["qrcode"]) == {"code": -204, "err_msg": "无通行权限"}
+    await ctx.redis.flushdb()
+    assert (await check(anonymous, data["retinues"][1]["qrcode"]))["code"] == -204
+    assert fakes.koala.visitors() == []
+    assert (await anonymous.fetch(data["qrcode_img_url"])).status == 404
+    assert (await anonymous.fetch(f"/v1/visit/records/{rid}", "DELETE", key=ADMIN_KEY)).status == 404
+
+
+@pytest.mark.gen_test
+async def test_deleting_while_koala_is_down_succeeds_and_koala_is_cleaned_later(approved_visit, anonymous,
+                                                                                fakes, ctx):
+    rid = await approved_visit()
+    await signin(anonymous, "13900000001")
+    fakes.koala.fail_next(10, status=503)
+    resp = await anonymous.fetch(f"/v1/visit/records/{rid}", "DELETE", key=ADMIN_KEY)
+    assert resp.json()["code"] == 0
+    assert len(fakes.koala.visitors()) == 3
+    fakes.koala.reset()
+    assert await ctx.visits.remove_koala_subjects() == 3
+    assert fakes.koala.visitors() == []
+    assert await ctx.storage.koala_cleanup.count_documents({}) == 0
+
+
+@pytest.mark.gen_test
+async def test_qr_images_are_pngs_large_enough_to_scan(approved_visit, anonymous):
+    await approved_visit()
+    data = (await signin(anonymous, "13900000001")).json()["data"]
+    resp = await anonymous.fetch(data["retinues"][0]["qrcode_img_url"])
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "image/png"
+    image = Image.open(io.BytesIO(resp.body))
+    assert image.format == "PNG" and min(image.size) >= 240
+    assert (await anonymous.fetch("/qrcode/AAAAAAAAAAAAAAAAAAAAAA.png")).status == 404
+
+
+@pytest.mark.gen_test
+async def test_records_show_passes_after_signin(approved_visit, anonymous):
+    rid = await approved_visit()
+    before = (await anonymous.fetch("/v1/visit/records?type=web", key=ADMIN_KEY)).json()["data"][0]
+    assert before["qrcode"] == "" and before["signin_time"] == 0
+    data = (await signin(anonymous, "13900000001", key=ADMIN_KEY)).json()["data"]
+    after = (await anonymous.fetch("/v1/visit/records?type=web", key=ADMIN_KEY)).json()["data"][0]
+    assert after["id"] == rid
+    assert after["qrcode"] == data["qrcode"] and after["retinues"][1]["qrcode"] == data["retinues"][1]["qrcode"]

@@ -1,0 +1,68 @@
+"""Storage: an index behind every query the endpoints make, integer ids, and an outbox that survives crashes."""
+import pytest
+
+from wxapp.events import EVENTS
+from wxapp.visits import SORT
+
+
+def plan_stages(plan: dict) -> list[str]:
+    stages = []
+    while plan:
+        stages.append(plan.get("stage", ""))
+        plan = plan.get("inputStage")
+    return stages
+
+
+async def assert_indexed(collection, query, sort=None):
+    cursor = collection.find(query)
+    if sort:
+        cursor = cursor.sort(sort)
+    plan = (await cursor.explain())["queryPlanner"]["winningPlan"]
+    stages = plan_stages(plan)
+    assert "IXSCAN" in stages and "COLLSCAN" not in stages, (query, plan)
+
+
+@pytest.mark.gen_test
+async def test_every_records_query_is_served_by_an_index(ctx):
+    visits = ctx.visits
+    await ctx.storage.records.insert_many([{"_id": i, "start_time": i, "end_time": i + 10} for i in range(1, 30)])
+    queries = [
+        visits.filters({}).index,
+        visits.filters({"end_time": 100}).index,
+        visits.filters({"interviewee_phone": "13800000002", "name": "张", "is_auth": 1, "start_time": 5,
+                        "end_time": 100}).index,
+        visits.filters({"phone": "13900000001", "proposer": "13900000001"}).index,
+        visits.filters({"proposer": "13900000001", "interviewee": "李"}).index,
+        visits.filters({"name": "张"}, party="13900000001").index,
+    ]
+    for query in queries:
+        await assert_indexed(ctx.storage.records, query, SORT)
+    await assert_indexed(ctx.storage.records, {"phones": "13900000001", "start_time": {"$lt": 100}})
+    await assert_indexed(ctx.storage.records, {"tokens": "abc"})
+    await assert_indexed(ctx.storage.records, {"pending_events": {"$in": list(EVENTS)}})
+
+
+@pytest.mark.gen_test
+async def test_the_other_collections_are_queried_by_index(ctx):
+    await assert_indexed(ctx.storage.bindings, {"type": "employee", "phone": "13800000002"})
+    await assert_indexed(ctx.storage.api_keys, {"key_hash": "0" * 64})
+    await assert_indexed(ctx.storage.outbox, {"record_id": 1, "status": "pending"})
+    await assert_indexed(ctx.storage.passes, {"record_id": 1}, [("time", -1)])
+
+
+@pytest.mark.gen_test
+async def test_record_ids_are_consecutive_integers(ctx):
+    assert [await ctx.storage.next_id("records") for _ in range(3)] == [1, 2, 3]
+
+
+@pytest.mark.gen_test
+async def test_a_crash_between_a_change_and_its_outbox_entries_is_repaired(ctx, clock):
+    # A record whose state change was stored with its event, but the process died before the entries.
+    await ctx.storage.records.insert_one({
+        "_id": 7, "phone": "13900000001", "interviewee_phone": "13800000002", "start_time": 1, "end_time": 2,
+        "pending_events": ["approval_pass_to_visitor"],
+    })
+    assert await ctx.outbox.sweep() == 1
+    assert [d["_id"] for d in await ctx.storage.outbox.find({}).to_list(None)] == ["approval_pass_to_visitor:7:sms"]
+    assert (await ctx.storage.records.find_one({"_id": 7}))["pending_events"] == []
+    assert await ctx.outbox.sweep() == 0

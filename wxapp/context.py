@@ -8,12 +8,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from redis import Redis as SyncRedis
 import redis.asyncio as aioredis
 
 from .auth import Admins, ApiKeys, OAuthStates, Sessions, WeChatUsers
 from .bindings import Bindings
 from .codes import VerificationCodes
 from .config import Config
+from .delivery import DeliveryWorker
 from .gate import GateCache, PassLog
 from .images import Images
 from .koala import KoalaClient
@@ -23,7 +25,7 @@ from .sms import SmsSender
 from .storage import Storage
 from .system_settings import SystemSettings
 from .visits import Visits
-from .wechat import WeChatOAuthService
+from .wechat import WeChatApi, WeChatOAuthService
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +56,16 @@ class AppContext:
     gate_cache: GateCache
     pass_log: PassLog
     visits: Visits
+    wechat: WeChatApi
+    delivery: DeliveryWorker
+    sync_redis: SyncRedis
     background: list = dataclasses.field(default_factory=list)
 
     def start_background(self, interval: float = 60.0) -> None:
-        """Start the periodic jobs: finish outbox entries and Koala deletions left by failures."""
-        self.background.append(asyncio.get_running_loop().create_task(self._periodic(interval)))
+        """Start the delivery worker and the periodic jobs that finish what failures left behind."""
+        loop = asyncio.get_running_loop()
+        self.background.append(loop.create_task(self._periodic(interval)))
+        self.background.append(loop.create_task(self.delivery.run()))
 
     async def _periodic(self, interval: float) -> None:
         while True:
@@ -76,6 +83,7 @@ class AppContext:
         await asyncio.gather(*self.background, return_exceptions=True)
         await self.pass_log.close()
         await self.redis.aclose()
+        self.sync_redis.close()
         self.storage.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -105,6 +113,10 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
 
         codes = VerificationCodes(redis, sms, code_template, clock, config.tz)
         outbox = Outbox(storage, clock)
+        sync_redis = SyncRedis.from_url(config.redis_url, socket_connect_timeout=3, socket_timeout=5)
+        wechat = WeChatApi(config, executor, sync_redis)
+        delivery = DeliveryWorker(storage, system_settings, wechat, sms, clock, config.tz)
+        outbox.on_write = delivery.wake
         gate_cache = GateCache(storage, redis, clock)
         ctx = AppContext(
             config=config,
@@ -129,6 +141,9 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             gate_cache=gate_cache,
             pass_log=PassLog(storage),
             visits=Visits(storage, redis, koala, images, outbox, gate_cache, system_settings, clock, config.tz),
+            wechat=wechat,
+            delivery=delivery,
+            sync_redis=sync_redis,
         )
         await ctx.api_keys.seed(config.api_keys)
         await ctx.admins.seed(config.admin_username, config.admin_password)

@@ -30,6 +30,7 @@ class Outbox:
     def __init__(self, storage: Storage, clock: Callable[[], float]):
         self.storage = storage
         self.clock = clock
+        self.on_write: Callable[[], None] = lambda: None  # wakes the delivery worker
 
     async def _recipient(self, event: str, record: dict) -> tuple[str, str]:
         """(openid or "", phone) of the person an event is for."""
@@ -53,7 +54,7 @@ class Outbox:
                 entry = {
                     "_id": f"{event}:{record_id}:{channel}", "event": event, "channel": channel, "to": to,
                     "record_id": record_id, "status": "pending", "attempts": 0, "last_error": "",
-                    "next_attempt_at": now, "created_at": now,
+                    "due_at": now, "created_at": now,
                 }
                 try:
                     await self.storage.outbox.insert_one(entry)
@@ -63,6 +64,8 @@ class Outbox:
         await self.storage.records.update_one(
             {"_id": record_id}, {"$pullAll": {"pending_events": record["pending_events"]}}
         )
+        if written:
+            self.on_write()
         return written
 
     async def sweep(self) -> int:

@@ -58,7 +58,10 @@ INDEXES = {
     ],
     # Notifications to send (_id = "<event>:<record id>:<channel>", so each is written once).
     "outbox": [
-        pymongo.IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="due"),
+        # Claimable entries: pending and due, or sending with an expired lease (due_at = lease end).
+        pymongo.IndexModel([("status", ASCENDING), ("due_at", ASCENDING)], name="due"),
+        pymongo.IndexModel([("created_at", DESCENDING)], name="created"),
+        pymongo.IndexModel([("status", ASCENDING), ("created_at", DESCENDING)], name="status_created"),
         pymongo.IndexModel([("record_id", ASCENDING), ("status", ASCENDING)], name="record_status"),
     ],
     # Koala subjects still to delete after their record was deleted while Koala was down.

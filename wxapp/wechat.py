@@ -1,4 +1,4 @@
-"""WeChat through wechatpy: web-page OAuth (the Official Account's H5 login)."""
+"""WeChat through wechatpy: web-page OAuth (the H5 login), template messages and the menu."""
 from __future__ import annotations
 
 import asyncio
@@ -6,8 +6,10 @@ import logging
 from concurrent.futures import Executor
 
 import requests
+from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatException
 from wechatpy.oauth import WeChatOAuth
+from wechatpy.session.redisstorage import RedisStorage
 
 from .config import Config
 
@@ -63,3 +65,72 @@ class WeChatOAuthService:
         except (WeChatException, requests.RequestException, ValueError, KeyError) as exc:
             log.warning("WeChat OAuth exchange failed: %s", exc)
             raise WeChatUnavailable(str(exc)) from exc
+
+
+class _TimeoutSession(requests.Session):
+    """A requests session with a default timeout (wechatpy's token fetch passes none)."""
+
+    def __init__(self, timeout: float):
+        super().__init__()
+        self._timeout = timeout
+
+    def request(self, *args, **kwargs):
+        kwargs.setdefault("timeout", self._timeout)
+        return super().request(*args, **kwargs)
+
+
+class _Client(WeChatClient):
+    """wechatpy's client with every URL, the token fetch included, under WECHAT_API_BASE_URL."""
+
+    def __init__(self, config: Config, storage: RedisStorage):
+        super().__init__(config.wechat_app_id, config.wechat_app_secret, session=storage,
+                         timeout=config.http_timeout)
+        self.API_BASE_URL = config.wechat_api_base_url + "cgi-bin/"
+        self._http = _TimeoutSession(config.http_timeout)
+
+    def fetch_access_token(self):
+        # The parent hard-codes https://api.weixin.qq.com/cgi-bin/token.
+        return self._fetch_access_token(
+            url=self.API_BASE_URL + "token",
+            params={"grant_type": "client_credential", "appid": self.appid, "secret": self.secret},
+        )
+
+
+class WeChatSendError(Exception):
+    """WeChat refused or failed a call; `errcode` is WeChat's code (None for network and HTTP errors)."""
+
+    def __init__(self, message: str, errcode: int | None):
+        super().__init__(message)
+        self.errcode = errcode
+
+
+class WeChatApi:
+    """Template messages and the menu through wechatpy; the access token lives in Redis, shared by
+    every process; calls run in the executor because wechatpy blocks."""
+
+    def __init__(self, config: Config, executor: Executor, sync_redis):
+        self.config = config
+        self.executor = executor
+        self.client = _Client(config, RedisStorage(sync_redis, prefix="wechatpy"))
+
+    async def _call(self, fn, *args, **kwargs):
+        if not self.config.wechat_configured:
+            raise WeChatSendError("Official Account not configured", errcode=None)
+
+        def call():
+            try:
+                return fn(*args, **kwargs)
+            except WeChatException as exc:
+                raise WeChatSendError(f"{exc.errcode} {exc.errmsg}", getattr(exc, "errcode", None)) from None
+            except (requests.RequestException, ValueError) as exc:
+                raise WeChatSendError(f"{type(exc).__name__}: {exc}", None) from None
+
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+
+    async def send_template(self, openid: str, template_id: str, data: dict, url: str) -> dict:
+        """Send one template message."""
+        return await self._call(self.client.message.send_template, openid, template_id, data, url=url)
+
+    async def create_menu(self, menu: dict) -> dict:
+        """Replace the Official Account's menu."""
+        return await self._call(self.client.menu.create, menu)

@@ -10,11 +10,11 @@ import tornado.web
 from wxapp.context import AppContext
 from wxapp.security import derive_key
 
-from . import admin, bindings, config, health, media, oauth, openapi, visits
+from . import admin, bindings, config, health, media, notifications, oauth, openapi, visits, wechat_messages
 from .base import NotFoundPageHandler, UnknownApiHandler
 
 ROOT = Path(__file__).resolve().parent.parent
-_MODULES = (health, bindings, visits, config, openapi, media, oauth, admin)
+_MODULES = (health, bindings, visits, config, notifications, openapi, media, oauth, wechat_messages, admin)
 
 
 def routes() -> list:

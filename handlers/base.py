@@ -266,6 +266,18 @@ class UnknownApiHandler(APIHandler):
         raise ApiError(404, "接口不存在")
 
 
+class PlainTextHandler(BaseHandler):
+    """For machines and images: errors are a status and a short plain-text message."""
+
+    def write_error(self, status_code: int, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        error = self.error_of(exc, status_code)
+        self.clear()
+        self.set_status(error.status)
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        self.finish(error.message)
+
+
 class PageHandler(BaseHandler):
     """An HTML page rendered with Jinja2; errors are shown as a Chinese error page."""
 

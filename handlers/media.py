@@ -8,24 +8,16 @@ from wxapp import gate
 from wxapp.errors import ApiError
 from wxapp.qrcodes import qr_content, qr_png
 
-from .base import BaseHandler
+from .base import PlainTextHandler
 
 
-class ImageHandler(BaseHandler):
+class ImageHandler(PlainTextHandler):
     """Serves bytes with a content type; unknown names are a plain 404."""
 
     def send_image(self, data: bytes, content_type: str, max_age: int) -> None:
         self.set_header("Content-Type", content_type)
         self.set_header("Cache-Control", f"private, max-age={max_age}")
         self.finish(data)
-
-    def write_error(self, status_code: int, **kwargs):
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        error = self.error_of(exc, status_code)
-        self.clear()
-        self.set_status(error.status)
-        self.set_header("Content-Type", "text/plain; charset=UTF-8")
-        self.finish(error.message)
 
 
 class QrCodeHandler(ImageHandler):

@@ -10,7 +10,8 @@ import logging
 from typing import Callable
 
 from .events import EVENTS
-from .storage import DuplicateKeyError, Storage
+from .errors import ApiError
+from .storage import DuplicateKeyError, ReturnDocument, Storage
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,27 @@ class Outbox:
         if written:
             self.on_write()
         return written
+
+    async def list(self, status: str | None, page: int, size: int) -> tuple[list[dict], dict]:
+        """One page of entries, newest first."""
+        query = {"status": status} if status else {}
+        count = await self.storage.outbox.count_documents(query)
+        cursor = self.storage.outbox.find(query).sort("created_at", -1).skip((page - 1) * size).limit(size)
+        return await cursor.to_list(size), {"current": page, "size": size, "count": count,
+                                            "total": (count + size - 1) // size}
+
+    async def retry(self, entry_id: str) -> dict:
+        """Queue a failed or skipped entry again; 404 unknown, 409 when it is not failed."""
+        entry = await self.storage.outbox.find_one_and_update(
+            {"_id": entry_id, "status": {"$in": ["failed", "skipped"]}},
+            {"$set": {"status": "pending", "due_at": self.clock(), "attempts": 0, "last_error": ""}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if entry is not None:
+            return entry
+        if await self.storage.outbox.find_one({"_id": entry_id}) is None:
+            raise ApiError(404, "通知不存在")
+        raise ApiError(409, "只有发送失败或跳过的通知可以重新发送")
 
     async def sweep(self) -> int:
         """Materialize every record left with pending events (after a crash)."""

@@ -1,0 +1,144 @@
+"""The Official Account: the /wechat message endpoint (plain and safe mode), the menu, and the
+admin's view of the notifications."""
+import hashlib
+import json
+import time
+
+import pytest
+from wechatpy import parse_message
+from wechatpy.crypto import WeChatCrypto
+
+from tests.conftest import ADMIN_KEY
+from tests.test_delivery import journey  # noqa: F401  (fixture)
+from wxapp import menu as menu_command
+from wxapp.official_account import menu
+
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+TOKEN = "test-token"
+
+
+def signed(nonce="n0nce", timestamp=None, token=TOKEN) -> str:
+    timestamp = str(timestamp or int(time.time()))
+    signature = hashlib.sha1("".join(sorted([token, timestamp, nonce])).encode()).hexdigest()
+    return f"signature={signature}&timestamp={timestamp}&nonce={nonce}"
+
+
+def incoming(body: str, kind: str = "text", **fields) -> bytes:
+    extra = "".join(f"<{k}><![CDATA[{v}]]></{k}>" for k, v in fields.items())
+    content = f"<Content><![CDATA[{body}]]></Content>" if kind == "text" else ""
+    return (f"<xml><ToUserName><![CDATA[gh_account]]></ToUserName><FromUserName><![CDATA[o-follower]]></FromUserName>"
+            f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[{kind}]]></MsgType>{content}{extra}"
+            f"<MsgId>1</MsgId></xml>").encode()
+
+
+async def post(anonymous, xml: bytes, query: str):
+    return await anonymous.fetch(f"/wechat?{query}", "POST", body=xml, headers={"Content-Type": "text/xml"})
+
+
+@pytest.mark.gen_test
+async def test_get_echoes_echostr_only_with_a_valid_signature(anonymous):
+    ok = await anonymous.fetch(f"/wechat?{signed()}&echostr=hello123")
+    assert (ok.status, ok.text) == (200, "hello123")
+    forged = await anonymous.fetch(f"/wechat?{signed(token='wrong')}&echostr=hello123")
+    assert forged.status == 403 and "hello123" not in forged.text
+
+
+@pytest.mark.gen_test
+async def test_a_follower_is_welcomed_with_links_through_the_wechat_login(anonymous, configured):
+    resp = await post(anonymous, incoming("", kind="event", Event="subscribe"), signed())
+    reply = parse_message(resp.body)
+    assert reply.target == "o-follower" and reply.type == "text"
+    assert "欢迎关注" in reply.content
+    assert "https://visit.example.com/wechat/oauth?next=/h5/apply" in reply.content
+    assert "https://visit.example.com/wechat/oauth?next=/h5/records" in reply.content
+
+
+@pytest.mark.parametrize("text,page", [("我想预约", "/h5/apply"), ("查看记录", "/h5/records"), ("绑定", "/h5/")])
+@pytest.mark.gen_test
+async def test_keywords_answer_with_the_matching_page(anonymous, configured, text, page):
+    reply = parse_message((await post(anonymous, incoming(text), signed())).body)
+    assert f"next={page}\"" in reply.content
+
+
+@pytest.mark.gen_test
+async def test_menu_clicks_and_anything_else_get_an_answer(anonymous, configured):
+    click = parse_message((await post(anonymous, incoming("", kind="event", Event="CLICK", EventKey="RECORDS"),
+                                      signed())).body)
+    assert "/h5/records" in click.content
+    other = parse_message((await post(anonymous, incoming("你好"), signed())).body)
+    assert "您可以回复" in other.content
+
+
+@pytest.mark.parametrize("body", [b"<xml><broken", b"not xml at all", b""])
+@pytest.mark.gen_test
+async def test_malformed_xml_is_refused_without_a_server_error(anonymous, body):
+    resp = await post(anonymous, body, signed())
+    assert resp.status == 400
+
+
+@pytest.mark.gen_test
+async def test_a_forged_post_is_403(anonymous):
+    resp = await post(anonymous, incoming("预约"), signed(token="wrong"))
+    assert resp.status == 403
+
+
+@pytest.mark.config(wechat_encoding_aes_key=AES_KEY)
+@pytest.mark.gen_test
+async def test_safe_mode_decrypts_and_encrypts(anonymous, configured, fakes):
+    crypto = WeChatCrypto(TOKEN, AES_KEY, fakes.wechat.app_id)
+    nonce, timestamp = "n0nce", str(int(time.time()))
+    encrypted = crypto.encrypt_message(incoming("预约").decode(), nonce, timestamp)
+    fields = parse_message_fields(encrypted)
+    query = f"{signed(nonce, timestamp)}&encrypt_type=aes&msg_signature={fields['MsgSignature']}"
+    resp = await post(anonymous, encrypted.encode(), query)
+    assert resp.status == 200
+    reply_fields = parse_message_fields(resp.text)
+    plain = crypto.decrypt_message(resp.text, reply_fields["MsgSignature"], reply_fields["TimeStamp"],
+                                   reply_fields["Nonce"])
+    assert "/h5/apply" in parse_message(plain).content
+    tampered = await post(anonymous, encrypted.encode(), f"{signed(nonce, timestamp)}&msg_signature=bad")
+    assert tampered.status == 403
+
+
+def parse_message_fields(xml: str) -> dict:
+    import xmltodict
+    return xmltodict.parse(xml)["xml"]
+
+
+def test_the_menu_opens_the_h5_pages_through_the_login(capsys):
+    body = menu("https://visit.example.com")
+    urls = json.dumps(body, ensure_ascii=False)
+    for page in ("/h5/apply", "/h5/records", "/h5/approvals"):
+        assert f"https://visit.example.com/wechat/oauth?next={page}" in urls
+    assert menu_command.main(["--cloud-url", "https://visit.example.com", "--print"]) == 0
+    assert json.loads(capsys.readouterr().out) == body
+
+
+@pytest.mark.gen_test
+async def test_the_menu_is_created_through_wechat(ctx, fakes):
+    await ctx.wechat.create_menu(menu("https://visit.example.com"))
+    assert fakes.wechat.menu == menu("https://visit.example.com")
+
+
+# --- the admin's view of the outbox -----------------------------------------------------------
+
+@pytest.mark.gen_test
+async def test_admin_lists_notifications_and_retries_a_failed_one(journey, ctx, fakes, anonymous):  # noqa: F811
+    await journey(sign_in=False)
+    fakes.wechat.fail_template(43004, "require subscribe", times=1, openid="o-v1")
+    await ctx.delivery.run_once()
+    failed = (await anonymous.fetch("/v1/notifications?status=failed", key=ADMIN_KEY)).json()
+    assert failed["page"]["count"] == 1
+    entry = failed["data"][0]
+    assert (entry["event"], entry["channel"], entry["to"]) == ("approval_pass_to_visitor", "wechat", "o-v1")
+    assert "43004" in entry["last_error"]
+    everything = (await anonymous.fetch("/v1/notifications?size=10", key=ADMIN_KEY)).json()
+    assert everything["page"]["count"] == 4
+    retried = await anonymous.fetch(f"/v1/notifications/{entry['id']}/retry", "POST", key=ADMIN_KEY)
+    assert retried.json()["data"]["status"] == "pending"
+    await ctx.delivery.run_once()
+    assert (await ctx.storage.outbox.find_one({"_id": entry["id"]}))["status"] == "sent"
+    again = await anonymous.fetch(f"/v1/notifications/{entry['id']}/retry", "POST", key=ADMIN_KEY)
+    assert again.status == 409
+    unknown = await anonymous.fetch("/v1/notifications/nothing/retry", "POST", key=ADMIN_KEY)
+    assert unknown.status == 404

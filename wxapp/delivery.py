@@ -107,14 +107,18 @@ class DeliveryWorker:
         self._wakeup.set()
 
     async def claim(self) -> dict | None:
-        """Take one due entry for this worker, or None."""
+        """Take one due entry for this worker (a new one, or one whose sender's lease ran out), or None."""
         now = self.clock()
-        return await self.storage.outbox.find_one_and_update(
-            {"status": {"$in": ["pending", "sending"]}, "due_at": {"$lte": now}},
-            {"$set": {"status": "sending", "due_at": now + self.lease, "lease_owner": self.owner},
-             "$inc": {"attempts": 1}},
-            sort=[("due_at", 1)], return_document=ReturnDocument.AFTER,
-        )
+        for status in ("pending", "sending"):
+            entry = await self.storage.outbox.find_one_and_update(
+                {"status": status, "due_at": {"$lte": now}},
+                {"$set": {"status": "sending", "due_at": now + self.lease, "lease_owner": self.owner},
+                 "$inc": {"attempts": 1}},
+                sort=[("due_at", 1)], return_document=ReturnDocument.AFTER,
+            )
+            if entry is not None:
+                return entry
+        return None
 
     async def run_once(self) -> int:
         """Deliver everything due now; returns how many entries were handled."""

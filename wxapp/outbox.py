@@ -10,6 +10,7 @@ import logging
 from typing import Callable
 
 from .events import EVENTS
+from .paging import page_of
 from .errors import ApiError
 from .storage import DuplicateKeyError, ReturnDocument, Storage
 
@@ -74,8 +75,7 @@ class Outbox:
         query = {"status": status} if status else {}
         count = await self.storage.outbox.count_documents(query)
         cursor = self.storage.outbox.find(query).sort("created_at", -1).skip((page - 1) * size).limit(size)
-        return await cursor.to_list(size), {"current": page, "size": size, "count": count,
-                                            "total": (count + size - 1) // size}
+        return await cursor.to_list(size), page_of(count, page, size)
 
     async def retry(self, entry_id: str) -> dict:
         """Queue a failed or skipped entry again; 404 unknown, 409 when it is not failed."""

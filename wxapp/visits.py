@@ -15,6 +15,7 @@ from .gate import GateCache
 from .images import Images, decode_photo
 from .koala import KoalaClient, KoalaError
 from .outbox import Outbox
+from .paging import page_of
 from .security import new_token
 from .storage import Storage
 from .system_settings import SystemSettings
@@ -55,10 +56,6 @@ class RecordQuery:
         """Whether a record passes every check."""
         return all(check(record) for check in self.checks)
 
-
-def page_of(count: int, page: int, size: int) -> dict:
-    """The seed's `page` object."""
-    return {"current": page, "size": size, "count": count, "total": (count + size - 1) // size}
 
 
 class Visits:

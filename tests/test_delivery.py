@@ -6,6 +6,7 @@ import pytest
 
 from tests.conftest import ADMIN_KEY, KIOSK_KEY, TEMPLATE_IDS
 from tests.test_visits import RETINUES, application
+from wxapp.context import build_context
 from wxapp.delivery import DeliveryWorker
 
 HOUR = 3600
@@ -186,3 +187,18 @@ async def test_notifications_of_a_deleted_record_are_cancelled(journey, ctx, fak
     await anonymous.fetch(f"/v1/visit/records/{rid}", "DELETE", key=ADMIN_KEY)
     assert await ctx.delivery.run_once() == 0
     assert messages(fakes) == []
+
+
+@pytest.mark.gen_test
+async def test_a_restarted_server_delivers_what_was_pending(journey, ctx, config, fakes, clock):
+    await journey()  # the server stops before its worker ran
+    restarted = await build_context(config, clock=clock)
+    restarted.start_background()
+    try:
+        for _ in range(100):
+            if len(messages(fakes)) == 8:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await restarted.close()
+    assert len(messages(fakes)) == len(set(messages(fakes))) == 8

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from wxapp.auth import Role
-from wxapp.errors import ApiError
 from wxapp.validation import Field, Schema
 
 from .base import APIHandler, api

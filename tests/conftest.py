@@ -203,3 +203,23 @@ def bind_employee(wechat_login, fakes, configured):
         browser.openid, browser.phone, browser.name = openid, phone, name
         return browser
     return bind
+
+
+@pytest.fixture
+def journey(bind_visitor, bind_employee, clock, anonymous):
+    """Apply, authorize and sign in; each step's notifications wait in the outbox."""
+    async def run(sign_in=True):
+        employee = await bind_employee("o-e1", "李经理", "13800000002", "市场部")
+        visitor = await bind_visitor("o-v1", "13900000001", "访客小张")
+        now = int(clock())
+        rid = (await visitor.fetch("/v1/subject", "POST", json={
+            "subject_type": 1, "name": "张三", "phone": "13900000001", "proposer": "13900000001",
+            "interviewee": "李经理", "interviewee_phone": "13800000002", "start_time": now - 600,
+            "end_time": now + 3600, "purpose": 2, "come_from": "星辰科技",
+            "retinues": [{"name": "随行一", "phone": "13700000011"}, {"name": "随行二", "phone": "13700000012"}],
+        })).json()["data"]["id"]
+        await employee.fetch(f"/v1/auth/{rid}", "PUT")
+        if sign_in:
+            await anonymous.fetch("/v1/visit/signin", "POST", json={"phone": "13900000001"}, key=KIOSK_KEY)
+        return rid
+    return run

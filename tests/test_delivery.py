@@ -4,28 +4,12 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import ADMIN_KEY, KIOSK_KEY, TEMPLATE_IDS
-from tests.test_visits import RETINUES, application
+from tests.conftest import ADMIN_KEY, TEMPLATE_IDS
+from tests.test_visits import application
 from wxapp.context import build_context
 from wxapp.delivery import DeliveryWorker
 
 HOUR = 3600
-
-
-@pytest.fixture
-def journey(bind_visitor, bind_employee, clock, anonymous):
-    """Apply, authorize and sign in; each step's notifications wait in the outbox."""
-    async def run(sign_in=True):
-        employee = await bind_employee("o-e1", "李经理", "13800000002", "市场部")
-        visitor = await bind_visitor("o-v1", "13900000001", "访客小张")
-        now = int(clock())
-        rid = (await visitor.fetch("/v1/subject", "POST", json=application(
-            "13900000001", now - 600, now + HOUR, retinues=RETINUES))).json()["data"]["id"]
-        await employee.fetch(f"/v1/auth/{rid}", "PUT")
-        if sign_in:
-            await anonymous.fetch("/v1/visit/signin", "POST", json={"phone": "13900000001"}, key=KIOSK_KEY)
-        return rid
-    return run
 
 
 def messages(fakes):
@@ -38,7 +22,7 @@ def messages(fakes):
 
 @pytest.mark.gen_test
 async def test_each_event_reaches_the_right_person_on_both_channels_once(journey, ctx, fakes):
-    rid = await journey()
+    await journey()
     assert await ctx.delivery.run_once() == 8
     assert sorted(messages(fakes)) == sorted([
         ("wechat", "o-e1", TEMPLATE_IDS["approval_reminder_to_employee_wechat_id"]),

@@ -9,7 +9,6 @@ from wechatpy import parse_message
 from wechatpy.crypto import WeChatCrypto
 
 from tests.conftest import ADMIN_KEY
-from tests.test_delivery import journey  # noqa: F401  (fixture)
 from wxapp import menu as menu_command
 from wxapp.official_account import menu
 
@@ -123,7 +122,7 @@ async def test_the_menu_is_created_through_wechat(ctx, fakes):
 # --- the admin's view of the outbox -----------------------------------------------------------
 
 @pytest.mark.gen_test
-async def test_admin_lists_notifications_and_retries_a_failed_one(journey, ctx, fakes, anonymous):  # noqa: F811
+async def test_admin_lists_notifications_and_retries_a_failed_one(journey, ctx, fakes, anonymous):
     await journey(sign_in=False)
     fakes.wechat.fail_template(43004, "require subscribe", times=1, openid="o-v1")
     await ctx.delivery.run_once()

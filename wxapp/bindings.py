@@ -6,9 +6,9 @@ from typing import Callable
 
 from .auth import WeChatUsers
 from .codes import VerificationCodes
-from .errors import ApiError, conflict, not_found, upstream_failed
+from .errors import ApiError, conflict
 from .images import Images
-from .koala import KoalaClient, KoalaError
+from .koala import KoalaClient, KoalaError, find_employee
 from .storage import DuplicateKeyError, Storage
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,18 @@ class Bindings:
         """The binding of `kind` for a phone, or None."""
         return await self.storage.bindings.find_one({"type": kind, "phone": phone})
 
-    async def _check_free(self, openid: str, kind: str, phone: str) -> dict | None:
+    async def _existing_or_check(self, openid: str, kind: str, phone: str, code: str | None) -> dict | None:
+        """The same binding if it exists already; else None once the user and phone are free and the
+        code is right (409 or 400 otherwise)."""
         existing = await self.get(openid)
-        if existing is None:
-            return None
-        if existing["type"] == kind and existing["phone"] == phone:
-            return existing
-        raise conflict(f"该微信已绑定为{KIND_NAMES[existing['type']]}（{existing['phone']}），请先解除绑定")
+        if existing is not None:
+            if existing["type"] == kind and existing["phone"] == phone:
+                return existing
+            raise conflict(f"该微信已绑定为{KIND_NAMES[existing['type']]}（{existing['phone']}），请先解除绑定")
+        if await self.by_phone(kind, phone):
+            raise conflict(f"该手机号已被其他微信绑定为{KIND_NAMES[kind]}")
+        await self.codes.check(phone, code)
+        return None
 
     async def _insert(self, doc: dict, phone: str) -> dict:
         try:
@@ -57,18 +62,10 @@ class Bindings:
 
     async def bind_employee(self, openid: str, name: str, phone: str, code: str | None) -> dict:
         """Bind to the Koala employee with this exact name and phone; the avatar is copied out of Koala."""
-        existing = await self._check_free(openid, "employee", phone)
+        existing = await self._existing_or_check(openid, "employee", phone, code)
         if existing is not None:
             return existing
-        if await self.by_phone("employee", phone):
-            raise conflict("该手机号已被其他微信绑定为员工")
-        await self.codes.check(phone, code)
-        try:
-            employee = await self.koala.find_employee(name, phone)
-        except KoalaError as exc:
-            raise upstream_failed(exc.message) from None
-        if employee is None:
-            raise not_found("未找到该员工，请确认姓名和手机号与公司登记的一致")
+        employee = await find_employee(self.koala, name, phone, "未找到该员工，请确认姓名和手机号与公司登记的一致")
         avatar = await self._copy_avatar(employee.get("avatar") or "")
         doc = {
             "_id": openid, "type": "employee", "phone": phone, "name": employee.get("name", name),
@@ -90,12 +87,9 @@ class Bindings:
 
     async def bind_visitor(self, openid: str, phone: str, code: str | None) -> dict:
         """Bind a visitor's phone; nickname and head image come from their WeChat profile."""
-        existing = await self._check_free(openid, "visitor", phone)
+        existing = await self._existing_or_check(openid, "visitor", phone, code)
         if existing is not None:
             return existing
-        if await self.by_phone("visitor", phone):
-            raise conflict("该手机号已被其他微信绑定为访客")
-        await self.codes.check(phone, code)
         user = await self.wechat_users.get(openid) or {}
         doc = {
             "_id": openid, "type": "visitor", "phone": phone, "name": user.get("nickname", ""),

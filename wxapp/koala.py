@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
+from .errors import not_found, upstream_failed
 from .system_settings import KoalaAccount
 
 log = logging.getLogger(__name__)
@@ -219,3 +220,14 @@ class KoalaClient:
             log.warning("Koala answer without data.id: %s", answer)
             raise KoalaError("考拉返回了无法识别的应答")
         return data
+
+
+async def find_employee(koala: KoalaClient, name: str, phone: str, missing: str) -> dict:
+    """The employee with this name and phone; 404 with `missing` when Koala has none, 502 when Koala fails."""
+    try:
+        employee = await koala.find_employee(name, phone)
+    except KoalaError as exc:
+        raise upstream_failed(exc.message) from None
+    if employee is None:
+        raise not_found(missing)
+    return employee

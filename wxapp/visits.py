@@ -6,14 +6,13 @@ import dataclasses
 import datetime
 import json
 import logging
-import re
 from typing import Callable
 from zoneinfo import ZoneInfo
 
 from .errors import ApiError, bad_request, conflict, not_found, upstream_failed
 from .gate import GateCache
 from .images import Images, decode_photo
-from .koala import KoalaClient, KoalaError
+from .koala import KoalaClient, KoalaError, find_employee
 from .outbox import Outbox
 from .paging import page_of
 from .security import new_token
@@ -120,12 +119,7 @@ class Visits:
         bound = await self.storage.bindings.find_one({"type": "employee", "phone": phone})
         if bound is not None:
             return bound.get("department", "")
-        try:
-            employee = await self.koala.find_employee(name, phone)
-        except KoalaError as exc:
-            raise upstream_failed(exc.message) from None
-        if employee is None:
-            raise not_found("未找到被访员工，请确认被访人姓名和手机号")
+        employee = await find_employee(self.koala, name, phone, "未找到被访员工，请确认被访人姓名和手机号")
         return employee.get("department") or ""
 
     async def _save_photo(self, value: str | None) -> str:

@@ -10,11 +10,11 @@ import tornado.web
 from wxapp.context import AppContext
 from wxapp.security import derive_key
 
-from . import admin, bindings, config, health, media, notifications, oauth, openapi, visits, wechat_messages
+from . import admin, bindings, config, h5, health, media, notifications, oauth, openapi, visits, wechat_messages
 from .base import NotFoundPageHandler, UnknownApiHandler
 
 ROOT = Path(__file__).resolve().parent.parent
-_MODULES = (health, bindings, visits, config, notifications, openapi, media, oauth, wechat_messages, admin)
+_MODULES = (health, bindings, visits, config, notifications, openapi, media, oauth, wechat_messages, h5, admin)
 
 
 def routes() -> list:
@@ -38,6 +38,7 @@ def make_app(ctx: AppContext, **overrides) -> tornado.web.Application:
         static_path=str(ROOT / "h5"),
         static_url_prefix="/h5/static/",
         default_handler_class=NotFoundPageHandler,
+        compress_response=True,
         openapi=json.dumps(openapi.build_openapi(table), ensure_ascii=False),
     )
     settings.update(overrides)

@@ -7,6 +7,7 @@ import uuid
 from types import SimpleNamespace
 
 import pytest
+from tornado.web import create_signed_value
 
 from handlers import make_app
 from tests.fakes import FakeKoala, FakeSms, FakeWeChat
@@ -15,6 +16,7 @@ from wxapp.config import Config
 from wxapp.context import build_context
 from wxapp.embedded import MongoProcess, RedisProcess
 from wxapp.events import TEMPLATE_ID_FIELDS
+from wxapp.security import derive_key
 
 ADMIN_KEY = "test-admin-key-0001"
 KIOSK_KEY = "test-kiosk-key-0001"
@@ -223,3 +225,15 @@ def journey(bind_visitor, bind_employee, clock, anonymous):
             await anonymous.fetch("/v1/visit/signin", "POST", json={"phone": "13900000001"}, key=KIOSK_KEY)
         return rid
     return run
+
+
+@pytest.fixture
+def session_of(client, ctx):
+    """A Browser holding a WeChat session for `openid`, made directly (the login itself is tested elsewhere)."""
+    async def make(openid: str) -> Browser:
+        sid = await ctx.wechat_sessions.create({"openid": openid})
+        secret = derive_key(ctx.config.secret_key, "cookie-signing").hex()
+        browser = client()
+        browser.set_cookie("wx_session", create_signed_value(secret, "wx_session", sid).decode())
+        return browser
+    return make

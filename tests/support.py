@@ -56,7 +56,7 @@ class Browser:
 
     async def fetch(self, path: str, method: str = "GET", *, json=None, form=None, body=None,
                     headers: dict | None = None, key: str | None = None, xsrf: bool = True,
-                    follow: bool = False) -> Response:
+                    follow: bool = False, decompress: bool = True) -> Response:
         """Request `path` (relative to the app, or absolute); returns the final Response."""
         url = self._local(path if "://" in path else self.base_url + path)
         hdrs = dict(self.headers)
@@ -78,7 +78,8 @@ class Browser:
             if body is None and method in ("POST", "PUT", "PATCH"):
                 body = b""
             resp = await self.client.fetch(url, method=method, body=body, headers=hdrs, raise_error=False,
-                                           follow_redirects=False, allow_nonstandard_methods=True)
+                                           follow_redirects=False, allow_nonstandard_methods=True,
+                                           decompress_response=decompress)
             self._store(url, resp)
             if not (follow and resp.code in (301, 302, 303, 307)):
                 return Response(resp)

@@ -316,6 +316,22 @@ class Visits:
 
     # --- presentation ------------------------------------------------------------------------
 
+    @staticmethod
+    def visible_to(record: dict, binding: dict) -> bool:
+        """Whether a bound user may see a record: theirs as visitor, proposer or interviewee."""
+        phone = binding["phone"]
+        if binding["type"] == "employee":
+            return phone in (record["interviewee_phone"], record["proposer"])
+        return phone in (record["phone"], record["proposer"])
+
+    def status(self, record: dict) -> str:
+        """待审批, 已授权, 已签到 or 已过期, as people read a record at a glance."""
+        if record["signin_time"]:
+            return "已签到"
+        if record["end_time"] <= self.clock():
+            return "已过期"
+        return "已授权" if record["is_auth"] else "待审批"
+
     def present(self, record: dict, cloud_url: str) -> dict:
         """A record as the seed's responses show it."""
         signed = bool(record["signin_time"])

@@ -1,0 +1,172 @@
+"""Shared by the benchmarks: embedded databases and the real `python server.py` in child processes,
+all on loopback and free ports in a temporary folder, and stopped again whatever happens."""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from wxapp.config import Config  # noqa: E402
+from wxapp.embedded import MongoProcess, RedisProcess, free_port  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+SECRET_KEY = "bench-secret-key-0123456789abcdef0123456789abcdef"
+ADMIN_KEY = "bench-admin-key-0001"
+GATE_KEY = "bench-gate-key-0001"
+API_KEYS = f"admin:{ADMIN_KEY},gate:{GATE_KEY}"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    """Pre-exec hook: the kernel sends SIGTERM to the child if this benchmark is killed outright."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so `finally` blocks stop every child process."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    """Wait until `url` answers HTTP 200 (the process must stay alive meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+class Child:
+    """A Python process of ours (server.py or bare_server.py) with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, log: Path, port: int):
+        self.name, self.argv, self.env, self.log, self.port = name, argv, env, log, port
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, health_path: str) -> "Child":
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        wait_http(self.url + health_path, self.proc, self.log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Stack:
+    """SecantusDB + redis-server (wxapp.embedded) in a temporary folder, plus the children we start.
+
+    Use as a context manager: on exit every process is stopped (children first, then the databases)
+    and the folder is removed (kept with --keep for a look at the logs)."""
+
+    def __init__(self, keep: bool = False):
+        self.keep = keep
+        self.tmp = Path(tempfile.mkdtemp(prefix="visitor-bench-"))
+        self.redis = RedisProcess(self.tmp / "redis")
+        self.mongo = MongoProcess(self.tmp / "mongo")
+        self.children: list[Child] = []
+
+    def __enter__(self) -> "Stack":
+        stop_on_sigterm()
+        try:
+            self.redis.start()
+            self.mongo.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for child in reversed(self.children):
+            with contextlib.suppress(Exception):
+                child.stop()
+        for proc in (self.mongo, self.redis):
+            with contextlib.suppress(Exception):
+                proc.stop()
+        if self.keep:
+            print(f"logs and data kept in {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def config(self, port: int = 8000) -> Config:
+        """The configuration the server gets from its environment, for build_context in this process."""
+        return Config(host="127.0.0.1", port=port, data_dir=self.tmp / "var", mongo_uri=self.mongo.uri,
+                      redis_url=self.redis.url, secret_key=SECRET_KEY,
+                      api_keys=(("admin", ADMIN_KEY), ("gate", GATE_KEY)), sms_backend="off")
+
+    def start_app(self) -> Child:
+        """The real server: `python server.py` with the databases given through its environment."""
+        port = free_port()
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "REDIS_", "SECRET_", "API_"))}
+        env = {**base, "HOST": "127.0.0.1", "PORT": str(port), "MONGO_URI": self.mongo.uri,
+               "REDIS_URL": self.redis.url, "API_KEYS": API_KEYS, "SECRET_KEY": SECRET_KEY,
+               "DATA_DIR": str(self.tmp / "var"), "SMS_BACKEND": "off", "PYTHONUNBUFFERED": "1"}
+        child = Child("server.py", [sys.executable, "server.py"], env, self.tmp / "server.log", port)
+        self.children.append(child)
+        return child.start("/healthz")
+
+    def start_bare(self) -> Child:
+        """bench/bare_server.py: the minimal Tornado JSON POST endpoint to compare the gate with."""
+        port = free_port()
+        child = Child("bare_server.py", [sys.executable, "bench/bare_server.py", "--port", str(port)],
+                      dict(os.environ), self.tmp / "bare.log", port)
+        self.children.append(child)
+        return child.start("/ping")
+
+
+def machine() -> dict:
+    """Where the figures come from."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
+            "kernel": platform.release()}
+
+
+def write_results(name: str, data: dict) -> Path:
+    """bench/results/<name>.json (the folder is gitignored)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **data}, ensure_ascii=False, indent=2) + "\n")
+    return path

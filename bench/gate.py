@@ -1,0 +1,198 @@
+"""Gate verification (POST /v1/visit/qrcode) under load, against a bare Tornado JSON POST endpoint.
+
+Starts SecantusDB, redis-server and `python server.py` (the real server, configured through its
+environment) in a temporary folder, seeds one signed-in visit whose QR code is valid now, checks
+that the gate answers code 0 for it, then runs wrk against the bare endpoint (bench/bare_server.py)
+and against the gate, one after the other, each after a short warm-up. Everything stops at the end.
+
+    .venv/bin/python bench/gate.py            # ~1 minute
+    .venv/bin/python bench/gate.py --duration 30 --rounds 2
+
+Goals: gate req/s >= 0.60 x bare req/s, gate p99 <= 25 ms (2 cores, wrk -t2 -c32 on loopback).
+Writes bench/results/gate.json.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import GATE_KEY, Stack, write_results  # noqa: E402
+
+from wxapp.context import build_context  # noqa: E402
+from wxapp.security import new_token  # noqa: E402
+
+GOAL_RATIO = 0.60
+GOAL_P99_MS = 25.0
+
+# wrk prints this line from done(); latencies are in microseconds.
+LUA_TEMPLATE = """
+wrk.method = "POST"
+wrk.body = [==[{body}]==]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH_JSON {{\\"requests\\":%d,\\"duration_us\\":%d,\\"connect\\":%d,\\"read\\":%d,\\"write\\":%d," ..
+    "\\"status\\":%d,\\"timeout\\":%d,\\"p50_us\\":%d,\\"p90_us\\":%d,\\"p99_us\\":%d,\\"max_us\\":%d}}\\n",
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+async def seed_visit(stack: Stack) -> tuple[int, str]:
+    """A visit shaped as Visits.apply + _sign_in_locked leave it: authorized, signed in, valid for
+    the next hours; its tokens published to Redis as sign-in does. Returns (id, QR content)."""
+    ctx = await build_context(stack.config())
+    try:
+        now = int(time.time())
+        token = new_token(24)
+        record = {
+            "_id": await ctx.storage.next_id("records"),
+            "subject_type": 1, "name": "张三", "phone": "13900000001", "purpose": 2, "remark": "",
+            "come_from": "星辰科技", "proposer": "13900000001", "interviewee": "李经理",
+            "interviewee_phone": "13800000002", "department": "市场部",
+            "start_time": now - 3600, "end_time": now + 8 * 3600, "photo": "", "koala_id": 101,
+            "token": token, "retinues": [], "tokens": [token], "is_auth": 1, "signin_time": now - 60,
+            "phones": ["13900000001"], "parties": ["13900000001"], "created_by": "o-bench",
+            "create_time": now - 7200, "pending_events": [],
+        }
+        await ctx.storage.records.insert_one(record)
+        await ctx.gate_cache.publish(record)
+        # The same QR content the records API hands out (Visits.present).
+        return record["_id"], json.dumps({"id": record["_id"], "qrcode": token})
+    finally:
+        await ctx.close()
+
+
+async def count_passes(stack: Stack) -> dict[int, int]:
+    """Gate decisions logged by the server, by code (the pass log flushes every 0.2 s)."""
+    ctx = await build_context(stack.config())
+    try:
+        rows = await ctx.storage.passes.aggregate([{"$group": {"_id": "$code", "n": {"$sum": 1}}}]).to_list(None)
+        return {row["_id"]: row["n"] for row in rows}
+    finally:
+        await ctx.close()
+
+
+def post(url: str, body: bytes, key: str) -> dict:
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def wrk(url: str, script: Path, seconds: int, threads: int, connections: int) -> dict:
+    """Run wrk once; its figures from the script's done() line, plus wrk's own text."""
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("BENCH_JSON "))
+    data = json.loads(line[len("BENCH_JSON "):])
+    non2xx = 0
+    for text in out.splitlines():
+        if "Non-2xx or 3xx responses:" in text:
+            non2xx = int(text.split(":")[1])
+    return {
+        "rps": data["requests"] / (data["duration_us"] / 1e6),
+        "requests": data["requests"],
+        "p50_ms": data["p50_us"] / 1000, "p90_ms": data["p90_us"] / 1000,
+        "p99_ms": data["p99_us"] / 1000, "max_ms": data["max_us"] / 1000,
+        "socket_errors": sum(data[k] for k in ("connect", "read", "write", "timeout")),
+        "non_2xx": non2xx, "wrk_output": out,
+    }
+
+
+def load(name: str, url: str, script: Path, args) -> dict:
+    print(f"[{name}] warm-up {args.warmup}s ...", flush=True)
+    wrk(url, script, args.warmup, args.threads, args.connections)
+    runs = []
+    for i in range(args.rounds):
+        print(f"[{name}] wrk -t{args.threads} -c{args.connections} -d{args.duration}s (round {i + 1}) ...", flush=True)
+        run = wrk(url, script, args.duration, args.threads, args.connections)
+        print(f"[{name}]   {run['rps']:.0f} req/s, p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
+              f"errors {run['socket_errors']}, non-2xx {run['non_2xx']}", flush=True)
+        runs.append(run)
+    # With several rounds, report the median round by throughput.
+    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] if len(runs) > 1 else runs[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Gate verification vs a bare Tornado JSON POST endpoint.")
+    parser.add_argument("--duration", type=int, default=15, help="seconds of each measured wrk run")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of wrk before measuring")
+    parser.add_argument("--rounds", type=int, default=1, help="measured runs per side (median reported)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) afterwards")
+    parser.add_argument("--hold", type=float, default=0,
+                        help="after seeding, print the gate's pid and wait this many seconds before the load "
+                             "(time to attach py-spy)")
+    args = parser.parse_args()
+
+    with Stack(keep=args.keep) as stack:
+        app = stack.start_app()
+        record_id, qr = asyncio.run(seed_visit(stack))
+        body = json.dumps({"qrcode": qr, "gate": "east-1"}, ensure_ascii=False)
+        gate_url = app.url + "/v1/visit/qrcode"
+
+        # Benchmark the success path only: the gate must open for this code now.
+        answer = post(gate_url, body.encode(), GATE_KEY)
+        if answer.get("code") != 0:
+            print(f"the gate does not open for the seeded QR code: {answer}", file=sys.stderr)
+            return 1
+        print(f"seeded record {record_id}; gate answers {answer} (server pid {app.proc.pid})", flush=True)
+
+        script = stack.tmp / "post.lua"
+        script.write_text(LUA_TEMPLATE.format(body=body, key=GATE_KEY))
+
+        bare = stack.start_bare()
+        bare_result = load("bare", bare.url + "/v1/visit/qrcode", script, args)
+        bare.stop()  # never run both servers under load at once
+
+        if args.hold:
+            print(f"holding {args.hold:.0f}s: server.py pid {app.proc.pid}", flush=True)
+            time.sleep(args.hold)
+        gate_result = load("gate", gate_url, script, args)
+
+        time.sleep(1.0)  # let the pass log flush
+        passes = asyncio.run(count_passes(stack))
+
+    ratio = gate_result["rps"] / bare_result["rps"]
+    ok_ratio = ratio >= GOAL_RATIO
+    ok_p99 = gate_result["p99_ms"] <= GOAL_P99_MS
+    failed = {code: n for code, n in passes.items() if code != 0}
+    print()
+    print(f"bare  requests/s : {bare_result['rps']:8.0f}")
+    print(f"gate  requests/s : {gate_result['rps']:8.0f}")
+    print(f"ratio gate/bare  : {ratio:8.2f}   goal >= {GOAL_RATIO:.2f}  {'PASS' if ok_ratio else 'FAIL'}")
+    print(f"bare  p50 / p99  : {bare_result['p50_ms']:6.2f} ms / {bare_result['p99_ms']:6.2f} ms")
+    print(f"gate  p50 / p99  : {gate_result['p50_ms']:6.2f} ms / {gate_result['p99_ms']:6.2f} ms"
+          f"   goal p99 <= {GOAL_P99_MS:.0f} ms  {'PASS' if ok_p99 else 'FAIL'}")
+    print(f"gate decisions logged: {sum(passes.values())}, not code 0: {sum(failed.values())} {failed or ''}")
+
+    path = write_results("gate", {
+        "load": {"tool": "wrk", "threads": args.threads, "connections": args.connections,
+                 "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds},
+        "bare": {k: v for k, v in bare_result.items() if k != "wrk_output"},
+        "gate": {k: v for k, v in gate_result.items() if k != "wrk_output"},
+        "ratio": ratio,
+        "gate_decisions": {str(k): v for k, v in passes.items()},
+        "goals": {"ratio_min": GOAL_RATIO, "gate_p99_ms_max": GOAL_P99_MS,
+                  "ratio_met": ok_ratio, "p99_met": ok_p99},
+    })
+    print(f"written to {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+    return 0 if not failed and gate_result["non_2xx"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

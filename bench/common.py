@@ -170,3 +170,47 @@ def write_results(name: str, data: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **data}, ensure_ascii=False, indent=2) + "\n")
     return path
+
+
+class CpuWatch:
+    """How much CPU the rest of the machine (processes that are not ours) used during a run: the
+    benchmark shares the machine with whatever else runs, and that skews the figures."""
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.hz = os.sysconf("SC_CLK_TCK")
+
+    def _ours(self) -> int:
+        total = 0
+        with contextlib.suppress(OSError):
+            fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime (waited children: wrk)
+        procs = [c.proc for c in self.stack.children] + [self.stack.mongo.proc, self.stack.redis.proc]
+        for proc in procs:
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += int(fields[11]) + int(fields[12])
+        return total
+
+    @staticmethod
+    def _busy() -> int:
+        values = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+        return sum(values) - values[3] - values[4]  # minus idle and iowait
+
+    def start(self) -> None:
+        self._t0, self._busy0, self._ours0 = time.monotonic(), self._busy(), self._ours()
+
+    def stop(self) -> dict:
+        wall = time.monotonic() - self._t0
+        busy = (self._busy() - self._busy0) / self.hz
+        ours = (self._ours() - self._ours0) / self.hz
+        cpus = os.cpu_count() or 1
+        return {"ours_cores": round(ours / wall, 2), "others_cores": round(max(0.0, busy - ours) / wall, 2),
+                "idle_cores": round(max(0.0, cpus - busy / wall), 2)}
+
+    def others_now(self, seconds: float = 1.0) -> float:
+        """Cores used by other processes over the next `seconds` (before a run)."""
+        self.start()
+        time.sleep(seconds)
+        return self.stop()["others_cores"]

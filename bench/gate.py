@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
+import os
 import subprocess
 import sys
 import time
@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GATE_KEY, Stack, write_results  # noqa: E402
+from common import GATE_KEY, CpuWatch, Stack, write_results  # noqa: E402
 
 from wxapp.context import build_context  # noqa: E402
 from wxapp.security import new_token  # noqa: E402
@@ -112,25 +112,44 @@ def wrk(url: str, script: Path, seconds: int, threads: int, connections: int) ->
     }
 
 
-def load(name: str, url: str, script: Path, args) -> dict:
-    print(f"[{name}] warm-up {args.warmup}s ...", flush=True)
-    wrk(url, script, args.warmup, args.threads, args.connections)
-    runs = []
-    for i in range(args.rounds):
-        print(f"[{name}] wrk -t{args.threads} -c{args.connections} -d{args.duration}s (round {i + 1}) ...", flush=True)
-        run = wrk(url, script, args.duration, args.threads, args.connections)
-        print(f"[{name}]   {run['rps']:.0f} req/s, p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
-              f"errors {run['socket_errors']}, non-2xx {run['non_2xx']}", flush=True)
-        runs.append(run)
-    # With several rounds, report the median round by throughput.
-    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] if len(runs) > 1 else runs[0]
+def measure(name: str, url: str, script: Path, args, watch: CpuWatch) -> dict:
+    """One measured wrk run, with the CPU the rest of the machine used meanwhile."""
+    print(f"[{name}] wrk -t{args.threads} -c{args.connections} -d{args.duration}s ...", flush=True)
+    watch.start()
+    run = wrk(url, script, args.duration, args.threads, args.connections)
+    run["cpu"] = watch.stop()
+    print(f"[{name}]   {run['rps']:.0f} req/s, p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
+          f"errors {run['socket_errors']}, non-2xx {run['non_2xx']}; "
+          f"CPU cores used by us {run['cpu']['ours_cores']}, by other processes {run['cpu']['others_cores']}",
+          flush=True)
+    return run
+
+
+def median_run(runs: list[dict]) -> dict:
+    """With several rounds, the round of median throughput."""
+    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+
+
+def wait_for_quiet(watch: CpuWatch, limit: float, patience: float) -> float:
+    """Wait (up to `patience` s) until other processes use less than `limit` cores; returns their use."""
+    deadline = time.monotonic() + patience
+    while True:
+        others = watch.others_now()
+        if others < limit or time.monotonic() > deadline:
+            if others >= limit:
+                print(f"WARNING: other processes use {others:.2f} cores: the figures will be low", flush=True)
+            return others
+        print(f"other processes use {others:.2f} cores; waiting for a quieter machine ...", flush=True)
+        time.sleep(4)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Gate verification vs a bare Tornado JSON POST endpoint.")
     parser.add_argument("--duration", type=int, default=15, help="seconds of each measured wrk run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of wrk before measuring")
-    parser.add_argument("--rounds", type=int, default=1, help="measured runs per side (median reported)")
+    parser.add_argument("--rounds", type=int, default=1, help="measured runs per side, alternating (median reported)")
+    parser.add_argument("--quiet-wait", type=float, default=60,
+                        help="seconds to wait for other processes to calm down before each run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) afterwards")
@@ -156,13 +175,22 @@ def main() -> int:
         script.write_text(LUA_TEMPLATE.format(body=body, key=GATE_KEY))
 
         bare = stack.start_bare()
-        bare_result = load("bare", bare.url + "/v1/visit/qrcode", script, args)
-        bare.stop()  # never run both servers under load at once
-
+        bare_url = bare.url + "/v1/visit/qrcode"
+        watch = CpuWatch(stack)
         if args.hold:
             print(f"holding {args.hold:.0f}s: server.py pid {app.proc.pid}", flush=True)
             time.sleep(args.hold)
-        gate_result = load("gate", gate_url, script, args)
+        for name, url in (("bare", bare_url), ("gate", gate_url)):
+            print(f"[{name}] warm-up {args.warmup}s ...", flush=True)
+            wrk(url, script, args.warmup, args.threads, args.connections)
+        # One side at a time; with several rounds they alternate, so a slow spell hits both.
+        bare_runs, gate_runs = [], []
+        for _ in range(args.rounds):
+            wait_for_quiet(watch, 0.25, args.quiet_wait)
+            bare_runs.append(measure("bare", bare_url, script, args, watch))
+            wait_for_quiet(watch, 0.25, args.quiet_wait)
+            gate_runs.append(measure("gate", gate_url, script, args, watch))
+        bare_result, gate_result = median_run(bare_runs), median_run(gate_runs)
 
         time.sleep(1.0)  # let the pass log flush
         passes = asyncio.run(count_passes(stack))
@@ -178,11 +206,15 @@ def main() -> int:
     print(f"bare  p50 / p99  : {bare_result['p50_ms']:6.2f} ms / {bare_result['p99_ms']:6.2f} ms")
     print(f"gate  p50 / p99  : {gate_result['p50_ms']:6.2f} ms / {gate_result['p99_ms']:6.2f} ms"
           f"   goal p99 <= {GOAL_P99_MS:.0f} ms  {'PASS' if ok_p99 else 'FAIL'}")
+    print(f"CPU of other processes during the runs: bare {bare_result['cpu']['others_cores']:.2f} cores, "
+          f"gate {gate_result['cpu']['others_cores']:.2f} cores (of {os.cpu_count()})")
     print(f"gate decisions logged: {sum(passes.values())}, not code 0: {sum(failed.values())} {failed or ''}")
 
     path = write_results("gate", {
         "load": {"tool": "wrk", "threads": args.threads, "connections": args.connections,
                  "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds},
+        "bare_runs": [{k: v for k, v in r.items() if k != "wrk_output"} for r in bare_runs],
+        "gate_runs": [{k: v for k, v in r.items() if k != "wrk_output"} for r in gate_runs],
         "bare": {k: v for k, v in bare_result.items() if k != "wrk_output"},
         "gate": {k: v for k, v in gate_result.items() if k != "wrk_output"},
         "ratio": ratio,

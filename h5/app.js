@@ -44,9 +44,12 @@
     var field = fieldOf(message);
     var tip = field && form.querySelector('.field-error[data-for="' + field + '"]');
     if (tip) {
-      tip.textContent = message.replace(/^(缺少)?参数 [^ ]+ ?/, function (m, missing) { return missing ? "请填写" : ""; }) || message;
-      tip.hidden = false;
       var cell = form.querySelector('[data-field="' + field + '"]');
+      var label = cell && cell.querySelector(".weui-label");
+      var text = message.replace(/^(缺少)?参数 [^ ]+ ?/, "");
+      if (/^缺少参数|不能为空/.test(message) && label) { text = "请填写" + label.textContent; }
+      tip.textContent = text || message;
+      tip.hidden = false;
       if (cell) { cell.classList.add("weui-cell_warn"); }
     } else {
       var top = form.querySelector(".form-error");

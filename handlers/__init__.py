@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import jinja2
 import tornado.web
+from tornado.log import access_log
 
 from wxapp.context import AppContext
 from wxapp.security import derive_key
@@ -21,6 +23,21 @@ def routes() -> list:
     """Every route of the application, the /v1 catch-all last."""
     table = [route for module in _MODULES for route in module.default_handlers]
     return table + [(r"/v1(?:/.*)?", UnknownApiHandler)]
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """The access log; handlers that keep their own record (the gate) log successes at DEBUG only."""
+    status = handler.get_status()
+    if status >= 500:
+        level = logging.ERROR
+    elif status >= 400:
+        level = logging.WARNING
+    else:
+        level = logging.DEBUG if getattr(handler, "quiet_access_log", False) else logging.INFO
+    if access_log.isEnabledFor(level):
+        request = handler.request
+        access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri, request.remote_ip,
+                       1000.0 * request.request_time())
 
 
 def make_app(ctx: AppContext, **overrides) -> tornado.web.Application:
@@ -39,6 +56,7 @@ def make_app(ctx: AppContext, **overrides) -> tornado.web.Application:
         static_url_prefix="/h5/static/",
         default_handler_class=NotFoundPageHandler,
         compress_response=True,
+        log_function=log_request,
         openapi=json.dumps(openapi.build_openapi(table), ensure_ascii=False),
     )
     settings.update(overrides)

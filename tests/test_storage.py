@@ -27,16 +27,19 @@ async def test_every_records_query_is_served_by_an_index(ctx):
     visits = ctx.visits
     await ctx.storage.records.insert_many([{"_id": i, "start_time": i, "end_time": i + 10} for i in range(1, 30)])
     queries = [
-        visits.filters({}).index,
-        visits.filters({"end_time": 100}).index,
+        visits.filters({}),
+        visits.filters({"end_time": 100}),
+        visits.filters({"start_time": 5, "end_time": 100}),
+        visits.filters({"start_time": 5}),
         visits.filters({"interviewee_phone": "13800000002", "name": "张", "is_auth": 1, "start_time": 5,
-                        "end_time": 100}).index,
-        visits.filters({"phone": "13900000001", "proposer": "13900000001"}).index,
-        visits.filters({"proposer": "13900000001", "interviewee": "李"}).index,
-        visits.filters({"name": "张"}, party="13900000001").index,
+                        "end_time": 100}),
+        visits.filters({"phone": "13900000001", "proposer": "13900000001"}),
+        visits.filters({"proposer": "13900000001", "interviewee": "李"}),
+        visits.filters({"name": "张"}, party="13900000001"),
     ]
+    await ctx.storage.counters.insert_one({"_id": "longest_visit", "seconds": 7200})
     for query in queries:
-        await assert_indexed(ctx.storage.records, query, SORT)
+        await assert_indexed(ctx.storage.records, await visits.index_query(query), SORT)
     await assert_indexed(ctx.storage.records, {"phones": "13900000001", "start_time": {"$lt": 100}})
     await assert_indexed(ctx.storage.records, {"tokens": "abc"})
     await assert_indexed(ctx.storage.records, {"pending_events": {"$in": list(EVENTS)}})

@@ -243,6 +243,18 @@ async def test_time_filters_select_visits_overlapping_the_range(people, clock, a
 
 
 @pytest.mark.gen_test
+async def test_a_long_visit_that_began_before_the_range_is_found(people, clock, anonymous):
+    visitor, _ = await people()
+    now = int(clock())
+    for name, start, end in [("长期", now + HOUR, now + 3 * 24 * HOUR), ("短期", now + 2 * HOUR, now + 3 * HOUR)]:
+        await visitor.fetch("/v1/subject", "POST", json=application("13900000001", start, end, name=name))
+    day_two = (now + 30 * HOUR, now + 31 * HOUR)
+    resp = await anonymous.fetch(
+        f"/v1/visit/records?type=web&start_time={day_two[0]}&end_time={day_two[1]}", key=ADMIN_KEY)
+    assert [r["name"] for r in resp.json()["data"]] == ["长期"]
+
+
+@pytest.mark.gen_test
 async def test_page_size_is_capped_at_100(people, anonymous):
     await people()
     resp = await anonymous.fetch("/v1/visit/records?type=web&size=1000", key=ADMIN_KEY)

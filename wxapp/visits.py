@@ -50,6 +50,8 @@ class RecordQuery:
 
     index: dict
     checks: list
+    # Visits must end after this time: with the longest visit ever stored, it also bounds start_time.
+    ends_after: int | None = None
 
     def matches(self, record: dict) -> bool:
         """Whether a record passes every check."""
@@ -110,6 +112,8 @@ class Visits:
             "created_by": binding["_id"], "create_time": int(self.clock()),
             "pending_events": [event],
         }
+        await self.storage.counters.update_one(
+            {"_id": "longest_visit"}, {"$max": {"seconds": end - start}}, upsert=True)
         await self.storage.records.insert_one(record)
         await self.outbox.materialize(record["_id"])
         record["pending_events"] = []
@@ -133,12 +137,25 @@ class Visits:
 
     # --- lists -------------------------------------------------------------------------------
 
+    async def index_query(self, query: "RecordQuery") -> dict:
+        """What MongoDB is asked: the indexed predicates, the start of the visit bounded too when
+        visits must end after a time (they began at most the longest visit earlier), so the index
+        range stays as narrow as the window asked for, however many older visits there are."""
+        index = dict(query.index)
+        if query.ends_after is not None:
+            longest = await self.storage.counters.find_one({"_id": "longest_visit"})
+            if longest is not None:
+                bound = {"$gt": query.ends_after - longest["seconds"] - 1}
+                index["start_time"] = {**index.get("start_time", {}), **bound}
+        return index
+
     async def find(self, query: "RecordQuery", page: int, size: int) -> tuple[list[dict], dict]:
         """One page of records matching `query`, newest visit first."""
-        cursor = self.storage.records.find(query.index).sort(SORT)
+        index = await self.index_query(query)
+        cursor = self.storage.records.find(index).sort(SORT)
         skip = (page - 1) * size
         if not query.checks:
-            count = await self.storage.records.count_documents(query.index)
+            count = await self.storage.records.count_documents(index)
             return await cursor.skip(skip).limit(size).to_list(size), page_of(count, page, size)
         count, items = 0, []
         async for record in cursor.batch_size(500):
@@ -165,12 +182,15 @@ class Visits:
         if args.get("start_time") is not None:
             after = epoch(args["start_time"], self.tz)
             checks.append(lambda r: r["end_time"] > after)
+            ends_after = after
+        else:
+            ends_after = None
         if args.get("is_auth") is not None:
             checks.append(_equals("is_auth", args["is_auth"]))
         for name in ("name", "interviewee"):
             if args.get(name):
                 checks.append(_contains(name, args[name]))
-        return RecordQuery(index, checks)
+        return RecordQuery(index, checks, ends_after)
 
     async def get(self, record_id: int) -> dict:
         """A record, or 404."""

@@ -173,25 +173,31 @@ def write_results(name: str, data: dict) -> Path:
 
 
 class CpuWatch:
-    """How much CPU the rest of the machine (processes that are not ours) used during a run: the
-    benchmark shares the machine with whatever else runs, and that skews the figures."""
+    """CPU used during a run, by each of our processes and by the rest of the machine (processes
+    that are not ours: the benchmark shares the machine with whatever else runs, which skews it)."""
 
     def __init__(self, stack: Stack):
         self.stack = stack
         self.hz = os.sysconf("SC_CLK_TCK")
 
-    def _ours(self) -> int:
-        total = 0
+    @staticmethod
+    def _ticks(pid: int | str, children: bool = False) -> int:
         with contextlib.suppress(OSError):
-            fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime (waited children: wrk)
-        procs = [c.proc for c in self.stack.children] + [self.stack.mongo.proc, self.stack.redis.proc]
-        for proc in procs:
-            if proc is not None and proc.poll() is None:
-                with contextlib.suppress(OSError):
-                    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    total += int(fields[11]) + int(fields[12])
-        return total
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            # utime stime (+ cutime cstime: children waited for, i.e. wrk for this process)
+            return sum(int(x) for x in fields[11:15 if children else 13])
+        return 0
+
+    def _ours(self) -> dict[str, int]:
+        procs = {"bench+wrk": None, "secantus": self.stack.mongo.proc, "redis": self.stack.redis.proc}
+        procs.update({child.name: child.proc for child in self.stack.children})
+        ticks = {}
+        for name, proc in procs.items():
+            if proc is None:
+                ticks[name] = self._ticks("self", children=True)
+            elif proc.poll() is None:
+                ticks[name] = self._ticks(proc.pid)
+        return ticks
 
     @staticmethod
     def _busy() -> int:
@@ -202,15 +208,32 @@ class CpuWatch:
         self._t0, self._busy0, self._ours0 = time.monotonic(), self._busy(), self._ours()
 
     def stop(self) -> dict:
+        """Cores used on average since start(): `ours_cores`, `others_cores`, `idle_cores`, and
+        `cpu_seconds` per process of ours."""
         wall = time.monotonic() - self._t0
         busy = (self._busy() - self._busy0) / self.hz
-        ours = (self._ours() - self._ours0) / self.hz
+        now = self._ours()
+        seconds = {name: (now[name] - self._ours0[name]) / self.hz for name in now if name in self._ours0}
+        ours = sum(seconds.values())
         cpus = os.cpu_count() or 1
         return {"ours_cores": round(ours / wall, 2), "others_cores": round(max(0.0, busy - ours) / wall, 2),
-                "idle_cores": round(max(0.0, cpus - busy / wall), 2)}
+                "idle_cores": round(max(0.0, cpus - busy / wall), 2),
+                "cpu_seconds": {name: round(value, 2) for name, value in seconds.items()}}
 
     def others_now(self, seconds: float = 1.0) -> float:
         """Cores used by other processes over the next `seconds` (before a run)."""
         self.start()
         time.sleep(seconds)
         return self.stop()["others_cores"]
+
+    def wait_for_quiet(self, limit: float = 0.25, patience: float = 60.0) -> float:
+        """Wait (up to `patience` s) until other processes use less than `limit` cores; returns their use."""
+        deadline = time.monotonic() + patience
+        while True:
+            others = self.others_now()
+            if others < limit or time.monotonic() > deadline:
+                if others >= limit:
+                    print(f"WARNING: other processes use {others:.2f} cores: the figures will suffer", flush=True)
+                return others
+            print(f"other processes use {others:.2f} cores; waiting for a quieter machine ...", flush=True)
+            time.sleep(4)

@@ -118,29 +118,20 @@ def measure(name: str, url: str, script: Path, args, watch: CpuWatch) -> dict:
     watch.start()
     run = wrk(url, script, args.duration, args.threads, args.connections)
     run["cpu"] = watch.stop()
+    if args.verbose:
+        print(run["wrk_output"], flush=True)
+    run["cpu_us_per_request"] = {proc: round(sec / run["requests"] * 1e6) for proc, sec in run["cpu"]["cpu_seconds"].items()
+                                 if sec and proc != "bench+wrk"}
     print(f"[{name}]   {run['rps']:.0f} req/s, p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
-          f"errors {run['socket_errors']}, non-2xx {run['non_2xx']}; "
-          f"CPU cores used by us {run['cpu']['ours_cores']}, by other processes {run['cpu']['others_cores']}",
-          flush=True)
+          f"errors {run['socket_errors']}, non-2xx {run['non_2xx']}", flush=True)
+    print(f"[{name}]   CPU per request (us): {run['cpu_us_per_request']}; cores used by other processes "
+          f"{run['cpu']['others_cores']}, idle {run['cpu']['idle_cores']}", flush=True)
     return run
 
 
 def median_run(runs: list[dict]) -> dict:
     """With several rounds, the round of median throughput."""
     return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
-
-
-def wait_for_quiet(watch: CpuWatch, limit: float, patience: float) -> float:
-    """Wait (up to `patience` s) until other processes use less than `limit` cores; returns their use."""
-    deadline = time.monotonic() + patience
-    while True:
-        others = watch.others_now()
-        if others < limit or time.monotonic() > deadline:
-            if others >= limit:
-                print(f"WARNING: other processes use {others:.2f} cores: the figures will be low", flush=True)
-            return others
-        print(f"other processes use {others:.2f} cores; waiting for a quieter machine ...", flush=True)
-        time.sleep(4)
 
 
 def main() -> int:
@@ -152,6 +143,7 @@ def main() -> int:
                         help="seconds to wait for other processes to calm down before each run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--verbose", action="store_true", help="print wrk's own report of each measured run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) afterwards")
     parser.add_argument("--hold", type=float, default=0,
                         help="after seeding, print the gate's pid and wait this many seconds before the load "
@@ -186,9 +178,9 @@ def main() -> int:
         # One side at a time; with several rounds they alternate, so a slow spell hits both.
         bare_runs, gate_runs = [], []
         for _ in range(args.rounds):
-            wait_for_quiet(watch, 0.25, args.quiet_wait)
+            watch.wait_for_quiet(0.25, args.quiet_wait)
             bare_runs.append(measure("bare", bare_url, script, args, watch))
-            wait_for_quiet(watch, 0.25, args.quiet_wait)
+            watch.wait_for_quiet(0.25, args.quiet_wait)
             gate_runs.append(measure("gate", gate_url, script, args, watch))
         bare_result, gate_result = median_run(bare_runs), median_run(gate_runs)
 

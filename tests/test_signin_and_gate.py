@@ -148,7 +148,7 @@ async def test_gate_decisions_through_the_day(approved_visit, anonymous, clock, 
     clock.advance(HOUR)
     assert await check(anonymous, data["qrcode"]) == {"code": -209, "err_msg": "通行权限已过期"}
     await ctx.pass_log.flush()
-    logged = await ctx.storage.passes.find({"record_id": rid}).sort("time", 1).to_list(None)
+    logged = list(reversed(await ctx.pass_log.entries(record_id=rid)))
     assert [p["code"] for p in logged] == [-202, 0, 0, 0, -209]
     assert {p["gate"] for p in logged} == {"east-1"} and logged[0]["key_name"] == "gate (API_KEYS)"
     assert logged[3]["person"] == 1

@@ -115,9 +115,11 @@ class GateCache:
 
 
 class PassLog:
-    """Records every gate decision in MongoDB in batches, off the request's path."""
+    """Records every gate decision in MongoDB off the request's path. Decisions are written in
+    buckets (one document per flush holding many entries), so a busy gate costs the database one
+    insert every `interval` seconds instead of one per scan."""
 
-    def __init__(self, storage: Storage, *, batch: int = 200, interval: float = 0.2):
+    def __init__(self, storage: Storage, *, batch: int = 500, interval: float = 0.5):
         self.storage = storage
         self.batch = batch
         self.interval = interval
@@ -144,7 +146,19 @@ class PassLog:
         """Write what is queued now."""
         while self._pending:
             chunk, self._pending = self._pending[: self.batch], self._pending[self.batch:]
+            bucket = {"time": chunk[0]["time"], "until": chunk[-1]["time"], "count": len(chunk), "entries": chunk}
             try:
-                await self.storage.passes.insert_many(chunk, ordered=False)
+                await self.storage.passes.insert_one(bucket)
             except Exception:  # the log must never take the gate down
                 log.exception("could not write %d gate decisions", len(chunk))
+
+    async def entries(self, record_id: int | None = None, limit: int = 100) -> list[dict]:
+        """The latest decisions, newest first, optionally of one record."""
+        query = {"entries.record_id": record_id} if record_id is not None else {}
+        found: list[dict] = []
+        async for bucket in self.storage.passes.find(query).sort("time", -1):
+            found += [e for e in bucket["entries"] if record_id is None or e["record_id"] == record_id]
+            if len(found) >= limit:
+                break
+        found.sort(key=lambda e: e["time"], reverse=True)
+        return found[:limit]

@@ -66,10 +66,10 @@ INDEXES = {
     ],
     # Koala subjects still to delete after their record was deleted while Koala was down.
     "koala_cleanup": [],
-    # Every gate decision.
+    # Every gate decision, in buckets of many entries (see wxapp.gate.PassLog).
     "passes": [
         pymongo.IndexModel([("time", DESCENDING)], name="time"),
-        pymongo.IndexModel([("record_id", ASCENDING), ("time", DESCENDING)], name="record"),
+        pymongo.IndexModel([("entries.record_id", ASCENDING), ("time", DESCENDING)], name="record"),
     ],
 }
 

@@ -1,5 +1,8 @@
 """The baseline for bench/gate.py: a bare Tornado process with one JSON POST endpoint that parses
-the body and answers {"code":0,"err_msg":""} - no auth, no Redis, no logging of requests."""
+the body and answers {"code":0,"err_msg":""} - no auth, no schema, no logging of requests.
+
+With --redis-url it also reads one Redis key per request (the QR token's cache key, with the
+client settings of wxapp.context): the floor for a gate that makes one Redis round trip."""
 from __future__ import annotations
 
 import argparse
@@ -7,12 +10,18 @@ import asyncio
 import json
 import signal
 
+import redis.asyncio as aioredis
 import tornado.web
 
 
 class BareHandler(tornado.web.RequestHandler):
-    def post(self):
-        json.loads(self.request.body)
+    def initialize(self, redis=None):
+        self.redis = redis
+
+    async def post(self):
+        body = json.loads(self.request.body)
+        if self.redis is not None:
+            await self.redis.get("qr:" + str(body.get("qrcode", ""))[:64])
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps({"code": 0, "err_msg": ""}, separators=(",", ":")))
 
@@ -22,17 +31,25 @@ class PingHandler(tornado.web.RequestHandler):
         self.finish("ok")
 
 
-async def main(port: int) -> None:
-    app = tornado.web.Application([(r"/v1/visit/qrcode", BareHandler), (r"/ping", PingHandler)])
+async def main(port: int, redis_url: str) -> None:
+    redis = None
+    if redis_url:  # as wxapp.context.build_context configures its client
+        redis = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3,
+                                        socket_timeout=5, health_check_interval=30)
+    app = tornado.web.Application([(r"/v1/visit/qrcode", BareHandler, {"redis": redis}), (r"/ping", PingHandler)])
     server = app.listen(port, "127.0.0.1")
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
     server.stop()
+    if redis is not None:
+        await redis.aclose()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    asyncio.run(main(parser.parse_args().port))
+    parser.add_argument("--redis-url", default="", help="also GET one Redis key per request")
+    options = parser.parse_args()
+    asyncio.run(main(options.port, options.redis_url))

@@ -142,11 +142,15 @@ class Stack:
         self.children.append(child)
         return child.start("/healthz")
 
-    def start_bare(self) -> Child:
-        """bench/bare_server.py: the minimal Tornado JSON POST endpoint to compare the gate with."""
+    def start_bare(self, redis: bool = False) -> Child:
+        """bench/bare_server.py: the minimal Tornado JSON POST endpoint to compare the gate with
+        (with `redis`, plus one Redis GET per request)."""
         port = free_port()
-        child = Child("bare_server.py", [sys.executable, "bench/bare_server.py", "--port", str(port)],
-                      dict(os.environ), self.tmp / "bare.log", port)
+        argv = [sys.executable, "bench/bare_server.py", "--port", str(port)]
+        if redis:
+            argv += ["--redis-url", self.redis.url]
+        name = "bare_server.py" + (" --redis-url" if redis else "")
+        child = Child(name, argv, dict(os.environ), self.tmp / f"bare-{port}.log", port)
         self.children.append(child)
         return child.start("/ping")
 
@@ -237,3 +241,36 @@ class CpuWatch:
                 return others
             print(f"other processes use {others:.2f} cores; waiting for a quieter machine ...", flush=True)
             time.sleep(4)
+
+
+class PySpy:
+    """Optional: sample a process with py-spy (if installed) while a block runs, into an SVG
+    flame graph under bench/results/. Sampling slows the process a little: figures taken
+    meanwhile are for finding where time goes, not for the goals."""
+
+    def __init__(self, pid: int, name: str, enabled: bool, rate: int = 100):
+        self.pid, self.enabled, self.rate = pid, enabled and shutil.which("py-spy") is not None, rate
+        self.path = RESULTS / f"{name}.svg"
+        self.proc: subprocess.Popen | None = None
+        if enabled and not self.enabled:
+            print("py-spy is not installed (pip install py-spy): no profile", flush=True)
+
+    def __enter__(self) -> "PySpy":
+        if self.enabled:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            self.proc = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(self.pid), "--rate", str(self.rate), "--nonblocking",
+                 "--format", "flamegraph", "--output", str(self.path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            print(f"py-spy flame graph of pid {self.pid}: {self.path}", flush=True)

@@ -3,10 +3,12 @@
 Starts SecantusDB, redis-server and `python server.py` (the real server, configured through its
 environment) in a temporary folder, seeds one signed-in visit whose QR code is valid now, checks
 that the gate answers code 0 for it, then runs wrk against the bare endpoint (bench/bare_server.py)
-and against the gate, one after the other, each after a short warm-up. Everything stops at the end.
+and against the gate - one at a time, after a short warm-up each, in alternating rounds (the median
+round of each counts). For information it also measures the bare endpoint plus one Redis GET.
+Everything stops at the end.
 
-    .venv/bin/python bench/gate.py            # ~1 minute
-    .venv/bin/python bench/gate.py --duration 30 --rounds 2
+    .venv/bin/python bench/gate.py                      # ~3 minutes
+    .venv/bin/python bench/gate.py --rounds 1           # ~1 minute
 
 Goals: gate req/s >= 0.60 x bare req/s, gate p99 <= 25 ms (2 cores, wrk -t2 -c32 on loopback).
 Writes bench/results/gate.json.
@@ -24,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GATE_KEY, CpuWatch, Stack, write_results  # noqa: E402
+from common import GATE_KEY, CpuWatch, PySpy, Stack, write_results  # noqa: E402
 
 from wxapp.context import build_context  # noqa: E402
 from wxapp.security import new_token  # noqa: E402
@@ -75,12 +77,16 @@ async def seed_visit(stack: Stack) -> tuple[int, str]:
         await ctx.close()
 
 
-async def count_passes(stack: Stack) -> dict[int, int]:
-    """Gate decisions logged by the server, by code (the pass log flushes every 0.2 s)."""
+async def count_passes(stack: Stack) -> dict:
+    """Gate decisions logged by the server in the passes collection, by code (the pass log flushes
+    within a second). Reads one document per decision, or buckets of decisions under `entries`."""
     ctx = await build_context(stack.config())
     try:
-        rows = await ctx.storage.passes.aggregate([{"$group": {"_id": "$code", "n": {"$sum": 1}}}]).to_list(None)
-        return {row["_id"]: row["n"] for row in rows}
+        counts: dict = {}
+        async for doc in ctx.storage.passes.find({}, {"code": 1, "entries.code": 1}):
+            for entry in doc.get("entries", [doc]):
+                counts[entry.get("code")] = counts.get(entry.get("code"), 0) + 1
+        return counts
     finally:
         await ctx.close()
 
@@ -92,12 +98,16 @@ def post(url: str, body: bytes, key: str) -> dict:
         return json.loads(resp.read())
 
 
+SENT: dict[str, int] = {}  # requests wrk completed, per URL (warm-ups included)
+
+
 def wrk(url: str, script: Path, seconds: int, threads: int, connections: int) -> dict:
     """Run wrk once; its figures from the script's done() line, plus wrk's own text."""
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("BENCH_JSON "))
     data = json.loads(line[len("BENCH_JSON "):])
+    SENT[url] = SENT.get(url, 0) + data["requests"]
     non2xx = 0
     for text in out.splitlines():
         if "Non-2xx or 3xx responses:" in text:
@@ -138,16 +148,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Gate verification vs a bare Tornado JSON POST endpoint.")
     parser.add_argument("--duration", type=int, default=15, help="seconds of each measured wrk run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of wrk before measuring")
-    parser.add_argument("--rounds", type=int, default=1, help="measured runs per side, alternating (median reported)")
+    parser.add_argument("--rounds", type=int, default=3, help="measured runs per side, alternating (median reported)")
     parser.add_argument("--quiet-wait", type=float, default=60,
                         help="seconds to wait for other processes to calm down before each run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--no-redis-reference", action="store_true",
+                        help="skip the information run of the bare endpoint plus one Redis GET")
+    parser.add_argument("--py-spy", action="store_true",
+                        help="after the measured rounds, profile server.py during one more gate run "
+                             "(bench/results/gate-server.svg; needs py-spy)")
     parser.add_argument("--verbose", action="store_true", help="print wrk's own report of each measured run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) afterwards")
-    parser.add_argument("--hold", type=float, default=0,
-                        help="after seeding, print the gate's pid and wait this many seconds before the load "
-                             "(time to attach py-spy)")
     args = parser.parse_args()
 
     with Stack(keep=args.keep) as stack:
@@ -166,57 +178,72 @@ def main() -> int:
         script = stack.tmp / "post.lua"
         script.write_text(LUA_TEMPLATE.format(body=body, key=GATE_KEY))
 
-        bare = stack.start_bare()
-        bare_url = bare.url + "/v1/visit/qrcode"
+        # The sides, measured one at a time; with several rounds they alternate, so a slow spell
+        # of the machine hits each. "bare+redis" is information: the bare endpoint plus one Redis GET.
+        urls = {"bare": stack.start_bare().url, "gate": app.url}
+        if not args.no_redis_reference:
+            urls["bare+redis"] = stack.start_bare(redis=True).url
+        urls = {name: url + "/v1/visit/qrcode" for name, url in urls.items()}
         watch = CpuWatch(stack)
-        if args.hold:
-            print(f"holding {args.hold:.0f}s: server.py pid {app.proc.pid}", flush=True)
-            time.sleep(args.hold)
-        for name, url in (("bare", bare_url), ("gate", gate_url)):
+        for name, url in urls.items():
             print(f"[{name}] warm-up {args.warmup}s ...", flush=True)
             wrk(url, script, args.warmup, args.threads, args.connections)
-        # One side at a time; with several rounds they alternate, so a slow spell hits both.
-        bare_runs, gate_runs = [], []
+        runs: dict[str, list[dict]] = {name: [] for name in urls}
         for _ in range(args.rounds):
-            watch.wait_for_quiet(0.25, args.quiet_wait)
-            bare_runs.append(measure("bare", bare_url, script, args, watch))
-            watch.wait_for_quiet(0.25, args.quiet_wait)
-            gate_runs.append(measure("gate", gate_url, script, args, watch))
-        bare_result, gate_result = median_run(bare_runs), median_run(gate_runs)
+            for name, url in urls.items():
+                watch.wait_for_quiet(0.25, args.quiet_wait)
+                runs[name].append(measure(name, url, script, args, watch))
+        if args.py_spy:  # an extra gate run under the profiler, left out of the figures
+            with PySpy(app.proc.pid, "gate-server", True):
+                measure("gate, under py-spy", urls["gate"], script, args, watch)
+        results = {name: median_run(side) for name, side in runs.items()}
 
-        time.sleep(1.0)  # let the pass log flush
+        time.sleep(2.0)  # let the pass log flush
         passes = asyncio.run(count_passes(stack))
 
-    ratio = gate_result["rps"] / bare_result["rps"]
+    bare, gate = results["bare"], results["gate"]
+    ratio = gate["rps"] / bare["rps"]
     ok_ratio = ratio >= GOAL_RATIO
-    ok_p99 = gate_result["p99_ms"] <= GOAL_P99_MS
+    ok_p99 = gate["p99_ms"] <= GOAL_P99_MS
     failed = {code: n for code, n in passes.items() if code != 0}
     print()
-    print(f"bare  requests/s : {bare_result['rps']:8.0f}")
-    print(f"gate  requests/s : {gate_result['rps']:8.0f}")
+    print(f"bare  requests/s : {bare['rps']:8.0f}")
+    print(f"gate  requests/s : {gate['rps']:8.0f}")
     print(f"ratio gate/bare  : {ratio:8.2f}   goal >= {GOAL_RATIO:.2f}  {'PASS' if ok_ratio else 'FAIL'}")
-    print(f"bare  p50 / p99  : {bare_result['p50_ms']:6.2f} ms / {bare_result['p99_ms']:6.2f} ms")
-    print(f"gate  p50 / p99  : {gate_result['p50_ms']:6.2f} ms / {gate_result['p99_ms']:6.2f} ms"
+    print(f"bare  p50 / p99  : {bare['p50_ms']:6.2f} ms / {bare['p99_ms']:6.2f} ms")
+    print(f"gate  p50 / p99  : {gate['p50_ms']:6.2f} ms / {gate['p99_ms']:6.2f} ms"
           f"   goal p99 <= {GOAL_P99_MS:.0f} ms  {'PASS' if ok_p99 else 'FAIL'}")
-    print(f"CPU of other processes during the runs: bare {bare_result['cpu']['others_cores']:.2f} cores, "
-          f"gate {gate_result['cpu']['others_cores']:.2f} cores (of {os.cpu_count()})")
-    print(f"gate decisions logged: {sum(passes.values())}, not code 0: {sum(failed.values())} {failed or ''}")
+    if "bare+redis" in results:
+        ref = results["bare+redis"]
+        print(f"(information) bare + 1 Redis GET: {ref['rps']:.0f} req/s = {ref['rps'] / bare['rps']:.2f} x bare, "
+              f"p50 {ref['p50_ms']:.2f} ms / p99 {ref['p99_ms']:.2f} ms")
+    print("(information) CPU per request, us: " + "; ".join(
+        f"{name}: {r['cpu_us_per_request']}" for name, r in results.items()))
+    print("(information) cores used by other processes during the runs: " + ", ".join(
+        f"{name} {r['cpu']['others_cores']:.2f}" for name, r in results.items()) + f" (of {os.cpu_count()})")
+    print(f"gate decisions logged: {sum(passes.values())} (wrk completed {SENT.get(urls['gate'], 0)} gate requests, "
+          f"+1 check), not code 0: {sum(failed.values())} {failed or ''}")
+
+    def clean(run: dict) -> dict:
+        return {k: v for k, v in run.items() if k != "wrk_output"}
 
     path = write_results("gate", {
         "load": {"tool": "wrk", "threads": args.threads, "connections": args.connections,
                  "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds},
-        "bare_runs": [{k: v for k, v in r.items() if k != "wrk_output"} for r in bare_runs],
-        "gate_runs": [{k: v for k, v in r.items() if k != "wrk_output"} for r in gate_runs],
-        "bare": {k: v for k, v in bare_result.items() if k != "wrk_output"},
-        "gate": {k: v for k, v in gate_result.items() if k != "wrk_output"},
+        **{name.replace("+", "_"): clean(r) for name, r in results.items()},
         "ratio": ratio,
-        "gate_decisions": {str(k): v for k, v in passes.items()},
         "goals": {"ratio_min": GOAL_RATIO, "gate_p99_ms_max": GOAL_P99_MS,
                   "ratio_met": ok_ratio, "p99_met": ok_p99},
+        "rounds": {name.replace("+", "_"): [clean(r) for r in side] for name, side in runs.items()},
+        "gate_decisions_by_code": {str(k): v for k, v in passes.items()},
     })
-    print(f"written to {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
-    return 0 if not failed and gate_result["non_2xx"] == 0 else 1
+    print(f"written to {path}")
+    return 0 if not failed and gate["non_2xx"] == 0 else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: every process started was stopped", file=sys.stderr)
+        sys.exit(130)

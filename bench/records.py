@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ADMIN_KEY, CpuWatch, Stack, write_results  # noqa: E402
+from common import ADMIN_KEY, CpuWatch, PySpy, Stack, write_results  # noqa: E402
 
 from wxapp.context import build_context  # noqa: E402
 from wxapp.visits import SORT  # noqa: E402
@@ -61,6 +61,7 @@ class Population:
         today = datetime.datetime.fromtimestamp(now, TZ).replace(hour=0, minute=0, second=0, microsecond=0)
         self.first_day = today - datetime.timedelta(days=730)
         self.days = 730 + 14
+        self.longest = 0  # the longest visit seeded so far, in seconds
 
     def name(self) -> str:
         return self.rng.choice(SURNAMES) + "".join(self.rng.choice(GIVEN) for _ in range(self.rng.choice((1, 2))))
@@ -109,7 +110,11 @@ async def seed(stack: Stack, population: Population, first_id: int, count: int, 
         for offset in range(0, count, batch):
             docs = [population.record(first_id + offset + i) for i in range(min(batch, count - offset))]
             await ctx.storage.records.insert_many(docs, ordered=False)
-        await ctx.storage.counters.update_one({"_id": "records"}, {"$set": {"seq": first_id + count - 1}}, upsert=True)
+            population.longest = max([population.longest, *(d["end_time"] - d["start_time"] for d in docs)])
+        # What Visits.apply keeps besides the record itself: the id sequence and the longest visit.
+        await ctx.storage.counters.update_one({"_id": "records"}, {"$max": {"seq": first_id + count - 1}}, upsert=True)
+        await ctx.storage.counters.update_one({"_id": "longest_visit"}, {"$max": {"seconds": population.longest}},
+                                              upsert=True)
         return time.perf_counter() - started
     finally:
         await ctx.close()
@@ -121,9 +126,12 @@ async def explain(stack: Stack, params: dict) -> dict:
     try:
         args = {k: (int(v) if k in ("start_time", "end_time") else v) for k, v in params.items()}
         query = ctx.visits.filters(args)
-        plan = await ctx.storage.records.find(query.index).sort(SORT).explain()
-        yielded = await ctx.storage.records.count_documents(query.index)
-        return {"filter": query.index, "checks_in_python": len(query.checks),
+        # The filter Visits.find sends (index_query adds derived bounds, where the code has it).
+        index_query = getattr(ctx.visits, "index_query", None)
+        sent = await index_query(query) if index_query else query.index
+        plan = await ctx.storage.records.find(sent).sort(SORT).explain()
+        yielded = await ctx.storage.records.count_documents(sent)
+        return {"filter": sent, "checks_in_python": len(query.checks),
                 "records_the_index_yields": yielded, "winning_plan": plan.get("queryPlanner", {}).get("winningPlan", plan)}
     finally:
         await ctx.close()
@@ -136,10 +144,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-def timed_requests(session: requests.Session, url: str, params: dict, n: int, warmup: int) -> dict:
-    """`warmup` then `n` sequential requests; latencies in ms and what the page said."""
+def timed_requests(session: requests.Session, url: str, params: dict, n: int, warmup: int,
+                   watch: CpuWatch | None = None) -> dict:
+    """`warmup` then `n` sequential requests; latencies in ms, what the page said, and (with `watch`)
+    the CPU time per measured request of each process."""
     latencies, answer = [], None
     for i in range(warmup + n):
+        if i == warmup and watch is not None:
+            watch.start()
         started = time.perf_counter()
         resp = session.get(url, params=params, timeout=120)
         elapsed = (time.perf_counter() - started) * 1000
@@ -148,15 +160,22 @@ def timed_requests(session: requests.Session, url: str, params: dict, n: int, wa
             raise RuntimeError(f"GET {resp.url} answered {resp.status_code}: {resp.text[:300]}")
         if i >= warmup:
             latencies.append(elapsed)
+    cpu = watch.stop() if watch is not None else None
     return {"n": n, "p50_ms": statistics.median(latencies), "p90_ms": percentile(latencies, 90),
             "p99_ms": percentile(latencies, 99), "mean_ms": statistics.fmean(latencies),
             "min_ms": min(latencies), "max_ms": max(latencies),
-            "matches": answer["page"]["count"], "returned": len(answer["data"])}
+            "matches": answer["page"]["count"], "returned": len(answer["data"]),
+            **({"cpu_ms_per_request": {name: round(sec / n * 1000, 2) for name, sec in cpu["cpu_seconds"].items()
+                                       if name in ("server.py", "secantus")},
+                "others_cores": cpu["others_cores"]} if cpu else {})}
 
 
 def show(label: str, r: dict) -> None:
     print(f"  {label:34s} p50 {r['p50_ms']:8.2f} ms  p90 {r['p90_ms']:8.2f} ms  max {r['max_ms']:8.2f} ms  "
           f"({r['n']} requests; {r['matches']} matches, {r['returned']} on the page)", flush=True)
+    if "cpu_ms_per_request" in r:
+        print(f"  {'':34s} CPU per request (ms): {r['cpu_ms_per_request']}; "
+              f"cores used by other processes {r['others_cores']}", flush=True)
 
 
 def show_plan(label: str, info: dict) -> None:
@@ -174,6 +193,9 @@ def main() -> int:
     parser.add_argument("--name-requests", type=int, default=5, help="requests of the name-only query at the large size")
     parser.add_argument("--employee", type=int, default=7, help="which of the 200 employees the admin looks up")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--py-spy", action="store_true",
+                        help="at the large size, profile server.py and SecantusDB during extra selective requests "
+                             "(bench/results/records-*.svg; needs py-spy)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) afterwards")
     args = parser.parse_args()
 
@@ -204,17 +226,19 @@ def main() -> int:
             print(f"  seeded {size - seeded:,} records in {took:.1f} s ({(size - seeded) / took:,.0f}/s)", flush=True)
             seeded = size
             entry: dict = {"seed_seconds": took}
-            watch.start()
-            entry["selective"] = timed_requests(session, url, selective, args.requests, args.warmup)
-            entry["selective"]["cpu"] = watch.stop()
+            watch.wait_for_quiet()
+            entry["selective"] = timed_requests(session, url, selective, args.requests, args.warmup, watch)
             show("selective (phone + week + page)", entry["selective"])
             entry["explain_selective"] = asyncio.run(explain(stack, selective))
             show_plan("selective", entry["explain_selective"])
             if size == args.large:
-                entry["name_only"] = timed_requests(session, url, name_only, args.name_requests, 1)
+                entry["name_only"] = timed_requests(session, url, name_only, args.name_requests, 1, watch)
                 show("name only (information)", entry["name_only"])
                 entry["explain_name_only"] = asyncio.run(explain(stack, name_only))
                 show_plan("name only", entry["explain_name_only"])
+            if size == args.large and args.py_spy:  # extra requests under the profiler, left out of the figures
+                with PySpy(app.proc.pid, "records-server", True), PySpy(stack.mongo.proc.pid, "records-secantus", True):
+                    timed_requests(session, url, selective, args.requests, 0)
             results["sizes"][str(size)] = entry
         session.close()
 
@@ -238,4 +262,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: every process started was stopped", file=sys.stderr)
+        sys.exit(130)

@@ -73,3 +73,14 @@ async def test_a_crash_between_a_change_and_its_outbox_entries_is_repaired(ctx, 
     assert [d["_id"] for d in await ctx.storage.outbox.find({}).to_list(None)] == ["approval_pass_to_visitor:7:sms"]
     assert (await ctx.storage.records.find_one({"_id": 7}))["pending_events"] == []
     assert await ctx.outbox.sweep() == 0
+
+
+@pytest.mark.gen_test
+async def test_the_longest_visit_is_worked_out_from_records_stored_without_it(ctx):
+    await ctx.storage.records.insert_many([
+        {"_id": 1, "start_time": 100, "end_time": 400}, {"_id": 2, "start_time": 1000, "end_time": 1100}])
+    await ctx.visits.ensure_longest_visit()
+    assert (await ctx.storage.counters.find_one({"_id": "longest_visit"}))["seconds"] == 300
+    await ctx.storage.records.insert_one({"_id": 3, "start_time": 0, "end_time": 5000})
+    await ctx.visits.ensure_longest_visit()  # recorded already: applications keep it current
+    assert (await ctx.storage.counters.find_one({"_id": "longest_visit"}))["seconds"] == 300

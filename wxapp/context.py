@@ -95,7 +95,6 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
     storage = Storage(config.mongo_uri, config.mongo_db)
     redis = aioredis.Redis.from_url(
         config.redis_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=5,
-        health_check_interval=30,
     )
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocking")
     try:
@@ -145,6 +144,7 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             delivery=delivery,
             sync_redis=sync_redis,
         )
+        await ctx.visits.ensure_longest_visit()
         await ctx.api_keys.seed(config.api_keys)
         await ctx.admins.seed(config.admin_username, config.admin_password)
     except BaseException:

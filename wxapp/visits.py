@@ -137,6 +137,18 @@ class Visits:
 
     # --- lists -------------------------------------------------------------------------------
 
+    async def ensure_longest_visit(self) -> None:
+        """Work the longest visit out of the stored records when nothing has recorded it yet
+        (`index_query` relies on it never being shorter than a stored visit)."""
+        if await self.storage.counters.find_one({"_id": "longest_visit"}) is not None:
+            return
+        result = await self.storage.records.aggregate([
+            {"$group": {"_id": None, "seconds": {"$max": {"$subtract": ["$end_time", "$start_time"]}}}},
+        ]).to_list(1)
+        if result and result[0]["seconds"] is not None:
+            await self.storage.counters.update_one(
+                {"_id": "longest_visit"}, {"$max": {"seconds": result[0]["seconds"]}}, upsert=True)
+
     async def index_query(self, query: "RecordQuery") -> dict:
         """What MongoDB is asked: the indexed predicates, the start of the visit bounded too when
         visits must end after a time (they began at most the longest visit earlier), so the index

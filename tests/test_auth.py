@@ -66,6 +66,7 @@ async def test_oauth_state_cannot_be_used_twice(client, fakes):
     replay = await client().fetch(code_redirect.location)
     assert replay.status == 400
     assert "登录链接已失效" in replay.text
+    assert 'href="/wechat/oauth?next=/h5/"' in replay.text  # a way back in, not a dead end
     assert "wx_session" not in set_cookie_headers(replay)
 
 

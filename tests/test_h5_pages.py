@@ -49,6 +49,7 @@ async def test_someone_elses_record_is_refused(journey, bind_visitor):
     resp = await other.fetch(f"/h5/records/{rid}")
     assert resp.status == 403
     assert "不是您的访客记录" in resp.text
+    assert 'href="/h5/"' in resp.text
 
 
 @pytest.mark.gen_test

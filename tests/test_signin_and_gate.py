@@ -8,6 +8,8 @@ from PIL import Image
 
 from tests.conftest import ADMIN_KEY, GATE_KEY, KIOSK_KEY
 from tests.test_visits import RETINUES, application
+from wxapp import gate, security
+from wxapp.context import build_context
 
 HOUR = 3600
 
@@ -247,3 +249,73 @@ async def test_records_show_passes_after_signin(approved_visit, anonymous):
     after = (await anonymous.fetch("/v1/visit/records?type=web", key=ADMIN_KEY)).json()["data"][0]
     assert after["id"] == rid
     assert after["qrcode"] == data["qrcode"] and after["retinues"][1]["qrcode"] == data["retinues"][1]["qrcode"]
+
+
+# --- the near cache: gate facts held in each process, dropped on any change ---------------------
+
+async def until(predicate, seconds=3.0):
+    for _ in range(int(seconds / 0.02)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return predicate()
+
+
+async def mget_calls(ctx) -> int:
+    return (await ctx.redis.info("commandstats")).get("cmdstat_mget", {}).get("calls", 0)
+
+
+@pytest.mark.gen_test
+async def test_with_the_near_cache_a_repeated_scan_costs_no_redis_round_trip(approved_visit, anonymous, ctx):
+    await approved_visit()
+    data = (await signin(anonymous, "13900000001")).json()["data"]
+    ctx.start_background()
+    assert await until(lambda: ctx.near.live)
+    assert (await check(anonymous, data["qrcode"]))["code"] == 0  # fills this process's cache
+    before = await mget_calls(ctx)
+    for _ in range(3):
+        assert (await check(anonymous, data["qrcode"]))["code"] == 0
+    assert await mget_calls(ctx) == before
+
+
+@pytest.mark.gen_test
+async def test_a_deletion_reaches_the_near_cache_of_every_process(approved_visit, anonymous, ctx, config, clock):
+    rid = await approved_visit()
+    data = (await signin(anonymous, "13900000001")).json()["data"]
+    other = await build_context(config, clock=clock)  # a second server process on the same databases
+    other.start_background()
+    try:
+        assert await until(lambda: other.near.live)
+        key = gate.cache_key(json.loads(data["qrcode"])["qrcode"])
+        _, values = await other.api_keys.authenticate(GATE_KEY, [key])
+        assert gate.decide(json.loads(values[key]), rid, clock()) == 0
+        assert other.near.get(key) is not None
+        await anonymous.fetch(f"/v1/visit/records/{rid}", "DELETE", key=ADMIN_KEY)
+        assert await until(lambda: other.near.get(key) is None)
+        _, values = await other.api_keys.authenticate(GATE_KEY, [key])
+        assert gate.decide(json.loads(values[key]), rid, clock()) == -204
+    finally:
+        await other.close()
+
+
+@pytest.mark.gen_test
+async def test_without_its_change_channel_a_process_holds_nothing(ctx):
+    assert not ctx.near.live  # the listener is not running
+    ctx.near.put("k", "v", ctx.near.generation)
+    assert ctx.near.get("k") is None
+
+
+@pytest.mark.gen_test
+async def test_a_revoked_key_stops_at_once_in_another_process(ctx, config, clock):
+    other = await build_context(config, clock=clock)
+    other.start_background()
+    try:
+        assert await until(lambda: other.near.live)
+        doc, key = await ctx.api_keys.create("gate", "东门")
+        assert (await other.api_keys.authenticate(key))[0] is not None
+        assert (await other.api_keys.authenticate(key))[0] is not None  # now from the near cache
+        await ctx.api_keys.revoke(doc["_id"])
+        assert await until(lambda: other.near.get(f"apikey:{security.hash_api_key(key)}") is None)
+        assert (await other.api_keys.authenticate(key))[0] is None
+    finally:
+        await other.close()

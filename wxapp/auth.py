@@ -12,6 +12,7 @@ from typing import Callable
 
 from . import security
 from .errors import ApiError, bad_request, conflict
+from .nearcache import NearCache
 from .storage import DuplicateKeyError, Storage
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,11 @@ class ApiKeys:
 
     CACHE_TTL = 300  # seconds a key's role stays cached in Redis
 
-    def __init__(self, storage: Storage, redis, clock: Callable[[], float]):
+    def __init__(self, storage: Storage, redis, clock: Callable[[], float], near: NearCache):
         self.storage = storage
         self.redis = redis
         self.clock = clock
+        self.near = near
 
     @staticmethod
     def _cache_key(key_hash: str) -> str:
@@ -78,6 +80,7 @@ class ApiKeys:
                 upsert=True,
             )
             await self.redis.delete(self._cache_key(key_hash))
+            await self.near.changed([self._cache_key(key_hash)])
 
     async def create(self, role: str, name: str) -> tuple[dict, str]:
         """Create a key; the plain key is returned once and never stored."""
@@ -104,6 +107,7 @@ class ApiKeys:
         if doc is None:
             return False
         await self.redis.delete(self._cache_key(doc["key_hash"]))
+        await self.near.changed([self._cache_key(doc["key_hash"])])
         return True
 
     async def list(self) -> list[dict]:
@@ -115,7 +119,16 @@ class ApiKeys:
         """The principal for a presented key (None when unknown or revoked), and the values of the
         Redis keys in `also`, read in the same round trip."""
         key_hash = security.hash_api_key(key)
-        values = await self.redis.mget([self._cache_key(key_hash), *also])
+        names = [self._cache_key(key_hash), *also]
+        values = [self.near.get(name) for name in names]
+        missing = [name for name, value in zip(names, values) if value is None]
+        generation = self.near.generation
+        if missing:  # one round trip for whatever this process does not hold
+            fetched = dict(zip(missing, await self.redis.mget(missing)))
+            for name, value in fetched.items():
+                if value is not None:
+                    self.near.put(name, value, generation)
+            values = [fetched[name] if value is None else value for name, value in zip(names, values)]
         extra = dict(zip(also, values[1:]))
         if values[0]:
             data = json.loads(values[0])
@@ -125,6 +138,7 @@ class ApiKeys:
                 return None, extra
             data = {"id": doc["_id"], "role": doc["role"], "name": doc.get("name", "")}
             await self.redis.set(self._cache_key(key_hash), json.dumps(data), ex=self.CACHE_TTL)
+            self.near.put(self._cache_key(key_hash), json.dumps(data), generation)
         principal = Principal(role=Role(data["role"]), via="key", key_id=data["id"], key_name=data["name"])
         return principal, extra
 

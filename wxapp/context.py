@@ -19,6 +19,7 @@ from .delivery import DeliveryWorker
 from .gate import GateCache, PassLog
 from .images import Images
 from .koala import KoalaClient
+from .nearcache import NearCache
 from .outbox import Outbox
 from .security import SecretBox
 from .sms import SmsSender
@@ -59,6 +60,7 @@ class AppContext:
     wechat: WeChatApi
     delivery: DeliveryWorker
     sync_redis: SyncRedis
+    near: NearCache
     background: list = dataclasses.field(default_factory=list)
 
     def start_background(self, interval: float = 60.0) -> None:
@@ -66,6 +68,7 @@ class AppContext:
         loop = asyncio.get_running_loop()
         self.background.append(loop.create_task(self._periodic(interval)))
         self.background.append(loop.create_task(self.delivery.run()))
+        self.background.append(loop.create_task(self.near.listen()))
 
     async def _periodic(self, interval: float) -> None:
         while True:
@@ -116,14 +119,15 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
         wechat = WeChatApi(config, executor, sync_redis)
         delivery = DeliveryWorker(storage, system_settings, wechat, sms, clock, config.tz)
         outbox.on_write = delivery.wake
-        gate_cache = GateCache(storage, redis, clock)
+        near = NearCache(redis)
+        gate_cache = GateCache(storage, redis, clock, near)
         ctx = AppContext(
             config=config,
             storage=storage,
             redis=redis,
             executor=executor,
             clock=clock,
-            api_keys=ApiKeys(storage, redis, clock),
+            api_keys=ApiKeys(storage, redis, clock, near),
             admins=Admins(storage, executor, clock),
             wechat_users=wechat_users,
             wechat_sessions=Sessions(redis, "wechat", config.wechat_session_ttl),
@@ -143,6 +147,7 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             wechat=wechat,
             delivery=delivery,
             sync_redis=sync_redis,
+            near=near,
         )
         await ctx.visits.ensure_longest_visit()
         await ctx.api_keys.seed(config.api_keys)

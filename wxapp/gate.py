@@ -7,6 +7,7 @@ import logging
 import re
 from typing import Callable
 
+from .nearcache import NearCache
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,11 @@ def decide(entry: dict | None, record_id: int | None, now: float) -> int:
 class GateCache:
     """What gates read: one small JSON value per QR token, kept current by every change."""
 
-    def __init__(self, storage: Storage, redis, clock: Callable[[], float]):
+    def __init__(self, storage: Storage, redis, clock: Callable[[], float], near: NearCache):
         self.storage = storage
         self.redis = redis
         self.clock = clock
+        self.near = near
 
     def _ttl(self, end_time: int) -> int:
         # Long enough to answer "expired" for a week after the visit, then fall back to MongoDB.
@@ -81,11 +83,14 @@ class GateCache:
     async def publish(self, record: dict) -> None:
         """Write every token of a record (after sign-in)."""
         ttl = self._ttl(record["end_time"])
+        keys = []
         async with self.redis.pipeline(transaction=False) as pipe:
             for person, p in enumerate([record, *record["retinues"]]):
                 if p.get("token"):
-                    pipe.set(cache_key(p["token"]), json.dumps(self.entry(record, person)), ex=ttl)
+                    keys.append(cache_key(p["token"]))
+                    pipe.set(keys[-1], json.dumps(self.entry(record, person)), ex=ttl)
             await pipe.execute()
+        await self.near.changed(keys)
 
     async def revoke(self, record: dict) -> None:
         """Make a deleted record's tokens answer "no permission" at once."""
@@ -99,6 +104,7 @@ class GateCache:
             for token in tokens:
                 pipe.set(cache_key(token), json.dumps({"r": record["_id"], "d": 1}), ex=30 * _DAY)
             await pipe.execute()
+        await self.near.changed([cache_key(token) for token in tokens])
 
     async def load(self, token: str) -> dict:
         """The entry for a token from MongoDB (a cache miss), cached for next time."""

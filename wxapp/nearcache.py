@@ -1,0 +1,76 @@
+"""A near cache: small values from Redis kept in this process, so a hit costs no round trip.
+
+Every change is published on a Redis channel; each process drops the changed keys the moment the
+message arrives (its own changes at once). While the subscription is not confirmed, or after it
+broke, the cache is empty and bypassed, so a process never answers from values it might not have
+heard were changed. A value read from Redis is kept only if no change arrived during the read."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "nearcache:changes"
+
+
+class NearCache:
+    """Values by Redis key, valid while this process listens to the change channel."""
+
+    def __init__(self, redis, *, ttl: float = 30.0, max_entries: int = 100_000):
+        self.redis = redis
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.generation = 0  # counts changes heard; a read that saw one must not be cached
+        self.live = False
+        self._entries: dict[str, tuple[float, str]] = {}
+
+    def get(self, key: str) -> str | None:
+        """The cached value, or None (not cached, expired, or the cache is not live)."""
+        if not self.live:
+            return None
+        item = self._entries.get(key)
+        if item is None or item[0] < time.monotonic():
+            return None
+        return item[1]
+
+    def put(self, key: str, value: str, generation: int) -> None:
+        """Keep a value read from Redis when the read began at `generation` and nothing changed since."""
+        if not self.live or generation != self.generation:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic() + self.ttl, value)
+
+    def _drop(self, keys) -> None:
+        self.generation += 1
+        for key in keys:
+            self._entries.pop(key, None)
+
+    async def changed(self, keys: list[str]) -> None:
+        """Tell every process (this one at once) that these Redis keys changed."""
+        self._drop(keys)
+        await self.redis.publish(CHANNEL, json.dumps(keys))
+
+    async def listen(self) -> None:
+        """Follow the change channel until cancelled; reconnect after failures."""
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    async for message in pubsub.listen():
+                        if message["type"] == "subscribe":
+                            self.live = True
+                        elif message["type"] == "message":
+                            self._drop(json.loads(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: forget everything and try again
+                log.warning("near cache lost its change channel: %s", exc)
+            finally:
+                self.live = False
+                self._entries.clear()
+                self.generation += 1
+            await asyncio.sleep(1.0)

@@ -310,3 +310,33 @@ async def test_an_admin_session_on_a_wechat_endpoint_is_403(admin_login):
     browser = await admin_login()
     resp = await browser.fetch("/v1/sms/code", "POST", json={"phone": "13900000001"})
     assert resp.status == 403
+
+
+
+async def try_login(browser, password, username=ADMIN_USER):
+    await browser.fetch("/admin/login")
+    return await browser.fetch("/admin/login", "POST", form={
+        "username": username, "password": password, "_xsrf": browser.cookie("_xsrf")})
+
+
+@pytest.mark.gen_test
+async def test_five_wrong_passwords_lock_the_name_for_a_while(client, ctx):
+    browser = client()
+    for _ in range(5):
+        assert (await try_login(browser, "wrong")).status == 401
+    locked = await try_login(browser, ADMIN_PASSWORD)
+    assert locked.status == 429
+    assert "15 分钟" in locked.text
+    assert browser.cookie("admin_session") is None
+    await ctx.redis.delete(f"loginfail:user:{ADMIN_USER}")  # the window passed
+    assert (await try_login(browser, ADMIN_PASSWORD)).status == 302
+
+
+@pytest.mark.gen_test
+async def test_a_right_password_clears_earlier_mistakes(client):
+    browser = client()
+    for _ in range(4):
+        await try_login(browser, "wrong")
+    assert (await try_login(browser, ADMIN_PASSWORD)).status == 302
+    for _ in range(4):
+        assert (await try_login(browser, "wrong")).status == 401

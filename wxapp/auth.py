@@ -197,6 +197,38 @@ def _dummy_hash() -> str:
     return security.hash_password(security.new_token(16))
 
 
+class LoginThrottle:
+    """Wrong admin passwords: after 5 for one name, or 20 from one address, within 15 minutes,
+    logins are refused until the window passes (in Redis, so every process counts together)."""
+
+    WINDOW = 900
+    PER_USER = 5
+    PER_ADDRESS = 20
+
+    def __init__(self, redis):
+        self.redis = redis
+
+    def _keys(self, username: str, address: str) -> tuple[str, str]:
+        return f"loginfail:user:{username.lower()}", f"loginfail:ip:{address}"
+
+    async def locked(self, username: str, address: str) -> bool:
+        """Whether logins for this name or from this address are refused now."""
+        user, ip = await self.redis.mget(self._keys(username, address))
+        return int(user or 0) >= self.PER_USER or int(ip or 0) >= self.PER_ADDRESS
+
+    async def failed(self, username: str, address: str) -> None:
+        """Count a wrong password."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in self._keys(username, address):
+                pipe.incr(key)
+                pipe.expire(key, self.WINDOW, nx=True)
+            await pipe.execute()
+
+    async def succeeded(self, username: str) -> None:
+        """A right password clears the name's count."""
+        await self.redis.delete(self._keys(username, "")[0])
+
+
 class WeChatUsers:
     """WeChat users who have logged in through OAuth (openid, nickname, head image)."""
 

@@ -11,7 +11,7 @@ from typing import Callable
 from redis import Redis as SyncRedis
 import redis.asyncio as aioredis
 
-from .auth import Admins, ApiKeys, OAuthStates, Sessions, WeChatUsers
+from .auth import Admins, ApiKeys, LoginThrottle, OAuthStates, Sessions, WeChatUsers
 from .bindings import Bindings
 from .codes import VerificationCodes
 from .config import Config
@@ -42,6 +42,7 @@ class AppContext:
     clock: Callable[[], float]
     api_keys: ApiKeys
     admins: Admins
+    login_throttle: LoginThrottle
     wechat_users: WeChatUsers
     wechat_sessions: Sessions
     admin_sessions: Sessions
@@ -129,6 +130,7 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             clock=clock,
             api_keys=ApiKeys(storage, redis, clock, near),
             admins=Admins(storage, executor, clock),
+            login_throttle=LoginThrottle(redis),
             wechat_users=wechat_users,
             wechat_sessions=Sessions(redis, "wechat", config.wechat_session_ttl),
             admin_sessions=Sessions(redis, "admin", config.admin_session_ttl),

@@ -141,3 +141,39 @@ async def test_admin_lists_notifications_and_retries_a_failed_one(journey, ctx, 
     assert again.status == 409
     unknown = await anonymous.fetch("/v1/notifications/nothing/retry", "POST", key=ADMIN_KEY)
     assert unknown.status == 404
+
+
+def test_the_menu_command_creates_the_menu_through_the_configured_wechat(monkeypatch, capsys):
+    # The command runs its own event loop, so the local WeChat serves from a thread of its own.
+    import asyncio
+    import threading
+
+    from tests.fakes import FakeWeChat
+
+    ready = threading.Event()
+    holder = {}
+
+    def serve():
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        wechat = FakeWeChat()
+        wechat.start()
+        holder.update(wechat=wechat, loop=loop)
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(10)
+    wechat, loop = holder["wechat"], holder["loop"]
+    try:
+        for name, value in {"WECHAT_APP_ID": wechat.app_id, "WECHAT_APP_SECRET": wechat.app_secret,
+                            "WECHAT_API_BASE_URL": wechat.url, "REDIS_URL": ""}.items():
+            monkeypatch.setenv(name, value)
+        assert menu_command.main(["--cloud-url", "https://visit.example.com"]) == 0
+        assert "menu created" in capsys.readouterr().out
+        assert wechat.menu == menu("https://visit.example.com")
+        assert wechat.tokens_issued == 1
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)

@@ -34,11 +34,10 @@ def main(argv=None) -> int:
     if not config.wechat_configured:
         print("WECHAT_APP_ID and WECHAT_APP_SECRET must be set", file=sys.stderr)
         return 2
-    if not config.redis_url:
-        print("REDIS_URL must be set (the access token is shared through Redis)", file=sys.stderr)
-        return 2
+    # With REDIS_URL the command shares the servers' access token instead of fetching its own.
+    redis = Redis.from_url(config.redis_url) if config.redis_url else None
     with ThreadPoolExecutor(2) as executor:
-        api = WeChatApi(config, executor, Redis.from_url(config.redis_url))
+        api = WeChatApi(config, executor, redis)
         try:
             asyncio.run(api.create_menu(body))
         except WeChatSendError as exc:

@@ -9,6 +9,8 @@ import requests
 from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatException
 from wechatpy.oauth import WeChatOAuth
+from wechatpy.session import SessionStorage
+from wechatpy.session.memorystorage import MemoryStorage
 from wechatpy.session.redisstorage import RedisStorage
 
 from .config import Config
@@ -82,7 +84,7 @@ class _TimeoutSession(requests.Session):
 class _Client(WeChatClient):
     """wechatpy's client with every URL, the token fetch included, under WECHAT_API_BASE_URL."""
 
-    def __init__(self, config: Config, storage: RedisStorage):
+    def __init__(self, config: Config, storage: SessionStorage):
         super().__init__(config.wechat_app_id, config.wechat_app_secret, session=storage,
                          timeout=config.http_timeout)
         self.API_BASE_URL = config.wechat_api_base_url + "cgi-bin/"
@@ -108,10 +110,12 @@ class WeChatApi:
     """Template messages and the menu through wechatpy; the access token lives in Redis, shared by
     every process; calls run in the executor because wechatpy blocks."""
 
-    def __init__(self, config: Config, executor: Executor, sync_redis):
+    def __init__(self, config: Config, executor: Executor, sync_redis=None):
         self.config = config
         self.executor = executor
-        self.client = _Client(config, RedisStorage(sync_redis, prefix="wechatpy"))
+        # Without Redis (a one-off command next to embedded databases) the token lives in memory.
+        storage = RedisStorage(sync_redis, prefix="wechatpy") if sync_redis is not None else MemoryStorage()
+        self.client = _Client(config, storage)
 
     async def _call(self, fn, *args, **kwargs):
         if not self.config.wechat_configured:

@@ -51,7 +51,7 @@ def main() -> int:
         return 2
     embedded = EmbeddedServices(config.data_dir, mongo=not config.mongo_uri, redis=not config.redis_url)
     # SIGTERM during start-up must still stop what was started: turn it into an exception.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         embedded.start()
         if embedded.mongo:
@@ -73,6 +73,10 @@ def main() -> int:
     finally:
         embedded.stop()
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _redact(uri: str) -> str:

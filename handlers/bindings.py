@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from wxapp.auth import Role
+from wxapp.bindings import avatar_path
 from wxapp.errors import ApiError
 from wxapp.validation import Field, Schema, phone_field
 
@@ -28,11 +29,9 @@ class BindingHandler(APIHandler):
         return weixin_user_id
 
     async def avatar_url(self, binding: dict) -> str:
-        """An employee's avatar (copied out of Koala) as an absolute URL; a visitor's WeChat head image."""
-        avatar = binding.get("avatar", "")
-        if binding["type"] == "employee" and avatar:
-            return await self.public_url(f"/avatar/{avatar}")
-        return avatar
+        """The binding's avatar as an absolute URL."""
+        path = avatar_path(binding)
+        return await self.public_url(path) if path.startswith("/") else path
 
     async def employee_data(self, binding: dict | None) -> dict:
         if binding is None or binding["type"] != "employee":

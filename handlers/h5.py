@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 
+from wxapp.bindings import avatar_path
 from wxapp.errors import ApiError
 from wxapp.visits import PURPOSES
 
@@ -132,10 +133,7 @@ class MeHandler(H5Handler):
     def get(self):
         if not self.require(None):
             return
-        avatar = self.binding.get("avatar", "")
-        if self.binding["type"] == "employee" and avatar:
-            avatar = f"/avatar/{avatar}"
-        self.render_h5("me.html", avatar=avatar)
+        self.render_h5("me.html", avatar=avatar_path(self.binding))
 
 
 default_handlers = [

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
-from wxapp import gate
 from wxapp.errors import ApiError
 from wxapp.qrcodes import qr_content, qr_png
 
@@ -24,8 +22,7 @@ class QrCodeHandler(ImageHandler):
     """GET /qrcode/<token>.png: the pass of one person of a signed-in visit."""
 
     async def get(self, token: str):
-        cached = await self.ctx.redis.get(gate.cache_key(token))
-        entry = json.loads(cached) if cached else await self.ctx.gate_cache.load(token)
+        entry = await self.ctx.gate_cache.lookup(token)
         if not entry or entry.get("x") or entry.get("d"):
             raise ApiError(404, "二维码不存在或已失效")
         png = await asyncio.get_running_loop().run_in_executor(

@@ -2,7 +2,6 @@
 sign-in, gate verification and deletion (CONTRACT §5)."""
 from __future__ import annotations
 
-import json
 import logging
 
 from wxapp import gate
@@ -193,8 +192,10 @@ class GateHandler(APIHandler):
             token, record_id = self.parsed
             key = gate.cache_key(token)
             # Read with the API key in one round trip, unless the caller used an admin session.
-            cached = self.prefetched[key] if key in self.prefetched else await self.ctx.redis.get(key)
-            entry = json.loads(cached) if cached else await self.ctx.gate_cache.load(token)
+            if key in self.prefetched:
+                entry = await self.ctx.gate_cache.lookup(token, self.prefetched[key])
+            else:
+                entry = await self.ctx.gate_cache.lookup(token)
         code = gate.decide(entry, record_id, now)
         self.write_envelope(code, gate.MESSAGES[code])
         self.ctx.pass_log.record({

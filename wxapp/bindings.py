@@ -16,6 +16,13 @@ log = logging.getLogger(__name__)
 KIND_NAMES = {"employee": "员工", "visitor": "访客"}
 
 
+def avatar_path(binding: dict) -> str:
+    """Where a binding's avatar is: /avatar/<name> for an employee's copy out of Koala, the WeChat
+    head image URL for a visitor, or ""."""
+    avatar = binding.get("avatar", "")
+    return f"/avatar/{avatar}" if binding["type"] == "employee" and avatar else avatar
+
+
 class Bindings:
     """Who each WeChat user is: at most one binding, a phone bound once per kind."""
 

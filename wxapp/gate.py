@@ -23,6 +23,7 @@ MESSAGES = {
 }
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _DAY = 86400
+_UNREAD = object()
 
 
 def parse_qrcode(content: str) -> tuple[str, int | None] | None:
@@ -105,6 +106,13 @@ class GateCache:
                 pipe.set(cache_key(token), json.dumps({"r": record["_id"], "d": 1}), ex=30 * _DAY)
             await pipe.execute()
         await self.near.changed([cache_key(token) for token in tokens])
+
+    async def lookup(self, token: str, cached: str | None = _UNREAD) -> dict:
+        """The entry for a token: from `cached` (the Redis value, when the caller read it already),
+        else from Redis, else from MongoDB."""
+        if cached is _UNREAD:
+            cached = await self.redis.get(cache_key(token))
+        return json.loads(cached) if cached else await self.load(token)
 
     async def load(self, token: str) -> dict:
         """The entry for a token from MongoDB (a cache miss), cached for next time."""

@@ -4,12 +4,14 @@ import io
 import json
 
 import pytest
+import redis.asyncio as aioredis
 from PIL import Image
 
 from tests.conftest import ADMIN_KEY, GATE_KEY, KIOSK_KEY
 from tests.test_visits import RETINUES, application
 from wxapp import gate, security
 from wxapp.context import build_context
+from wxapp.nearcache import NearCache
 
 HOUR = 3600
 
@@ -296,6 +298,25 @@ async def test_a_deletion_reaches_the_near_cache_of_every_process(approved_visit
         assert gate.decide(json.loads(values[key]), rid, clock()) == -204
     finally:
         await other.close()
+
+
+@pytest.mark.gen_test
+async def test_a_quiet_change_channel_keeps_the_near_cache(config):
+    # The server's Redis client gives up on a read after its socket timeout; a channel with no
+    # changes for longer than that must not be taken for a lost one (the cache would be emptied).
+    client = aioredis.Redis.from_url(config.redis_url, decode_responses=True, socket_timeout=0.3)
+    near = NearCache(client, poll=0.1)
+    listener = asyncio.get_running_loop().create_task(near.listen())
+    try:
+        assert await until(lambda: near.live)
+        near.put("k", "v", near.generation)
+        await asyncio.sleep(1.0)  # over three socket timeouts without a message
+        assert near.live and near.get("k") == "v"
+        await near.changed(["k"])
+        assert near.get("k") is None
+    finally:
+        listener.cancel()
+        await client.aclose()
 
 
 @pytest.mark.gen_test

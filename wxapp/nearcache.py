@@ -19,8 +19,9 @@ CHANNEL = "nearcache:changes"
 class NearCache:
     """Values by Redis key, valid while this process listens to the change channel."""
 
-    def __init__(self, redis, *, ttl: float = 30.0, max_entries: int = 100_000):
+    def __init__(self, redis, *, ttl: float = 30.0, max_entries: int = 100_000, poll: float = 1.0):
         self.redis = redis
+        self.poll = poll  # seconds a read of the channel waits; below the client's socket timeout
         self.ttl = ttl
         self.max_entries = max_entries
         self.generation = 0  # counts changes heard; a read that saw one must not be cached
@@ -60,7 +61,13 @@ class NearCache:
             try:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)
-                    async for message in pubsub.listen():
+                    while True:
+                        # A quiet channel is not a broken one: wait in short polls, never past the
+                        # client's socket timeout; each poll lets redis-py ping a connection idle
+                        # for its health-check interval, so a dead one still raises.
+                        message = await pubsub.get_message(timeout=self.poll)
+                        if message is None:
+                            continue
                         if message["type"] == "subscribe":
                             self.live = True
                         elif message["type"] == "message":

@@ -131,16 +131,22 @@ class ApiKeys:
             values = [fetched[name] if value is None else value for name, value in zip(names, values)]
         extra = dict(zip(also, values[1:]))
         if values[0]:
-            data = json.loads(values[0])
-        else:
-            doc = await self.storage.api_keys.find_one({"key_hash": key_hash})
-            if doc is None or doc.get("revoked_at"):
-                return None, extra
-            data = {"id": doc["_id"], "role": doc["role"], "name": doc.get("name", "")}
-            await self.redis.set(self._cache_key(key_hash), json.dumps(data), ex=self.CACHE_TTL)
-            self.near.put(self._cache_key(key_hash), json.dumps(data), generation)
-        principal = Principal(role=Role(data["role"]), via="key", key_id=data["id"], key_name=data["name"])
-        return principal, extra
+            return _key_principal(values[0]), extra
+        doc = await self.storage.api_keys.find_one({"key_hash": key_hash})
+        if doc is None or doc.get("revoked_at"):
+            return None, extra
+        cached = json.dumps({"id": doc["_id"], "role": doc["role"], "name": doc.get("name", "")})
+        await self.redis.set(self._cache_key(key_hash), cached, ex=self.CACHE_TTL)
+        self.near.put(self._cache_key(key_hash), cached, generation)
+        return _key_principal(cached), extra
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_principal(cached: str) -> Principal:
+    """The (immutable) principal of a key's cached JSON; parsed once per distinct value, as every
+    gate scan presents one of a few keys."""
+    data = json.loads(cached)
+    return Principal(role=Role(data["role"]), via="key", key_id=data["id"], key_name=data["name"])
 
 
 class Admins:

@@ -23,6 +23,7 @@ from .nearcache import NearCache
 from .outbox import Outbox
 from .security import SecretBox
 from .sms import SmsSender
+from .stats import Stats
 from .storage import Storage
 from .system_settings import SystemSettings
 from .visits import Visits
@@ -62,6 +63,7 @@ class AppContext:
     delivery: DeliveryWorker
     sync_redis: SyncRedis
     near: NearCache
+    stats: Stats
     background: list = dataclasses.field(default_factory=list)
 
     def start_background(self, interval: float = 60.0) -> None:
@@ -122,6 +124,7 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
         outbox.on_write = delivery.wake
         near = NearCache(redis)
         gate_cache = GateCache(storage, redis, clock, near)
+        visits = Visits(storage, redis, koala, images, outbox, gate_cache, system_settings, clock, config.tz)
         ctx = AppContext(
             config=config,
             storage=storage,
@@ -145,11 +148,12 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             outbox=outbox,
             gate_cache=gate_cache,
             pass_log=PassLog(storage),
-            visits=Visits(storage, redis, koala, images, outbox, gate_cache, system_settings, clock, config.tz),
+            visits=visits,
             wechat=wechat,
             delivery=delivery,
             sync_redis=sync_redis,
             near=near,
+            stats=Stats(storage, visits, clock, config.tz),
         )
         await ctx.visits.ensure_longest_visit()
         await ctx.api_keys.seed(config.api_keys)

@@ -1,25 +1,14 @@
-"""/admin: the admin login and the pages behind it (CONTRACT §4)."""
+"""/admin/login and /admin/logout (CONTRACT §4)."""
 from __future__ import annotations
 
 import logging
-from urllib.parse import quote
 
 from wxapp.auth import safe_next
 
-from .base import ADMIN_COOKIE, PageHandler
+from ..base import ADMIN_COOKIE, PageHandler
+from .base import HOME
 
 log = logging.getLogger(__name__)
-
-HOME = "/admin/"
-
-
-class AdminPageHandler(PageHandler):
-    """An /admin page: without an admin session the browser is sent to the login page."""
-
-    async def prepare(self):
-        self.principal = await self._admin_principal()
-        if self.principal is None:
-            self.redirect("/admin/login?next=" + quote(self.request.uri, safe="/"))
 
 
 class LoginHandler(PageHandler):
@@ -61,15 +50,7 @@ class LogoutHandler(PageHandler):
         self.redirect("/admin/login")
 
 
-class HomeHandler(AdminPageHandler):
-    """The admin's start page."""
-
-    def get(self):
-        self.render_page("admin/home.html", username=self.principal.username)
-
-
 default_handlers = [
     (r"/admin/login", LoginHandler),
     (r"/admin/logout", LogoutHandler),
-    (r"/admin/?", HomeHandler),
 ]

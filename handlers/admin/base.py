@@ -1,0 +1,119 @@
+"""What every /admin page shares: the admin session, the layout's values, formats and paging."""
+from __future__ import annotations
+
+import datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from wxapp.errors import ApiError
+
+from ..base import PageHandler
+
+HOME = "/admin/"
+
+# The navigation bar: (path, label). A page names its entry with `nav = "<path>"`.
+NAV = [
+    ("/admin/", "概览"),
+    ("/admin/records", "访客记录"),
+    ("/admin/passes", "通行记录"),
+    ("/admin/notifications", "消息通知"),
+    ("/admin/settings", "系统设置"),
+    ("/admin/keys", "API 密钥"),
+    ("/admin/users", "管理员"),
+]
+
+# Messages a page may show after a redirect (`?done=<name>`): fixed texts, so a link cannot inject any.
+DONE_MESSAGES = {
+    "deleted": "访客记录已删除，其二维码已立即失效。",
+    "servers_saved": "服务器设置已保存。",
+    "templates_saved": "消息模板设置已保存。",
+    "key_revoked": "API 密钥已停用，使用它的设备将立即无法调用接口。",
+    "user_created": "管理员已添加。",
+    "password_changed": "密码已修改。",
+    "retried": "通知已重新排队发送。",
+}
+
+
+def mask_phone(phone: str) -> str:
+    """138****0001: enough to recognise a number in a list without showing it."""
+    if len(phone) >= 8:
+        return phone[:3] + "****" + phone[-4:]
+    return "*" * max(0, len(phone) - 2) + phone[-2:]
+
+
+class AdminPageHandler(PageHandler):
+    """An /admin page: without an admin session the browser is sent to the login page.
+    Forms are protected by Tornado's XSRF check (the `_xsrf` field) before any method runs."""
+
+    nav = ""  # the NAV path this page belongs to
+
+    async def prepare(self):
+        self.principal = await self._admin_principal()
+        if self.principal is None:
+            if self.request.method in ("GET", "HEAD"):
+                self.redirect("/admin/login?next=" + quote(self.request.uri, safe="/?=&"))
+            else:  # a form sent after the session ended: log in again, then start over from the page
+                self.redirect("/admin/login?next=" + quote(self.request.path, safe="/"))
+
+    # --- rendering -----------------------------------------------------------------------------
+
+    def render_admin(self, template: str, status: int = 200, **values: Any) -> None:
+        """Render an admin page inside the layout (navigation, the admin's name, a done message)."""
+        done = DONE_MESSAGES.get(self.get_query_argument("done", ""), "")
+        self.render_page(
+            template, status=status, nav=NAV, active=self.nav, username=self.principal.username,
+            done=done, fmt_time=self.fmt_time, fmt_date=self.fmt_date, mask_phone=mask_phone,
+            page_url=self.page_url, page_numbers=page_numbers, **values,
+        )
+
+    @property
+    def tz(self):
+        return self.ctx.config.tz
+
+    def fmt_time(self, seconds: float | int | None, with_seconds: bool = False) -> str:
+        """A Unix time as the admin reads it, in TIMEZONE; "" for none."""
+        if not seconds:
+            return ""
+        moment = datetime.datetime.fromtimestamp(seconds, self.tz)
+        return moment.strftime("%Y-%m-%d %H:%M:%S" if with_seconds else "%Y-%m-%d %H:%M")
+
+    def fmt_date(self, seconds: float | int | None) -> str:
+        return datetime.datetime.fromtimestamp(seconds, self.tz).strftime("%Y-%m-%d") if seconds else ""
+
+    def page_url(self, page: int) -> str:
+        """This page's URL with the same query and another page number."""
+        args = {name: self.get_query_argument(name) for name in self.request.query_arguments
+                if name not in ("page", "done")}
+        args["page"] = str(page)
+        return self.request.path + "?" + urlencode(args)
+
+    # --- forms ---------------------------------------------------------------------------------
+
+    def form(self, *names: str) -> dict[str, str]:
+        """The named form fields, stripped ("" when absent)."""
+        return {name: self.get_body_argument(name, "").strip() for name in names}
+
+    def day_start(self, text: str, field: str) -> int:
+        """A YYYY-MM-DD date as the Unix time its day begins in TIMEZONE; 400 when malformed."""
+        try:
+            day = datetime.date.fromisoformat(text)
+        except ValueError:
+            raise ApiError(400, f"{field}应为日期，如 2026-11-29") from None
+        return int(datetime.datetime.combine(day, datetime.time(), self.tz).timestamp())
+
+    def today_start(self) -> int:
+        now = datetime.datetime.fromtimestamp(self.ctx.clock(), self.tz)
+        return int(datetime.datetime.combine(now.date(), datetime.time(), self.tz).timestamp())
+
+
+def page_numbers(page: dict, around: int = 2) -> list[int | None]:
+    """Page links to show for a seed `page` object: the first, the last and a few around the
+    current one (None marks a gap)."""
+    total, current = max(1, page["total"]), page["current"]
+    shown = sorted({1, total, *range(max(1, current - around), min(total, current + around) + 1)})
+    out: list[int | None] = []
+    for number in shown:
+        if out and number - out[-1] > 1:
+            out.append(None)
+        out.append(number)
+    return out

@@ -1,0 +1,2 @@
+"""TODO"""
+default_handlers = []

@@ -1,0 +1,86 @@
+"""The numbers on the admin's start page: today at a glance and the last days, per calendar day in TIMEZONE."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Callable
+from zoneinfo import ZoneInfo
+
+from .storage import Storage
+from .visits import Visits
+
+_FIELDS = {"start_time": 1, "end_time": 1, "signin_time": 1, "is_auth": 1, "retinues.name": 1}
+
+
+@dataclasses.dataclass
+class Day:
+    """One calendar day."""
+
+    start: int  # Unix time the day begins
+    label: str  # as the chart shows it: 11-29
+    expected: int = 0  # visits whose time overlaps the day
+    pending: int = 0  # of those, still awaiting approval
+    signed_in: int = 0  # visits signed in at a kiosk that day
+    people_signed_in: int = 0  # the people of those visits (visitor and retinues)
+    people_passed: int = 0  # distinct people let through a gate that day
+
+
+@dataclasses.dataclass
+class Today(Day):
+    on_site: int = 0  # people let through a gate today whose visit has not ended yet
+
+
+class Stats:
+    """Counts read from the records and the gate log (both indexed by time)."""
+
+    def __init__(self, storage: Storage, visits: Visits, clock: Callable[[], float], tz: ZoneInfo):
+        self.storage = storage
+        self.visits = visits
+        self.clock = clock
+        self.tz = tz
+
+    def day_starts(self, days: int) -> list[int]:
+        """The Unix times the last `days` days begin, oldest first, today last."""
+        today = datetime.datetime.fromtimestamp(self.clock(), self.tz).date()
+        return [int(datetime.datetime.combine(today - datetime.timedelta(days=n), datetime.time(), self.tz).timestamp())
+                for n in range(days - 1, -1, -1)]
+
+    async def days(self, days: int = 7) -> tuple[Today, list[Day]]:
+        """Today's figures and those of the last `days` days (today included, oldest first)."""
+        starts = self.day_starts(days)
+        ends = starts[1:] + [self._next_day(starts[-1])]
+        result = [Day(start, datetime.datetime.fromtimestamp(start, self.tz).strftime("%m-%d")) for start in starts]
+        now = self.clock()
+        query = self.visits.filters({"start_time": starts[0], "end_time": ends[-1]})
+        index = await self.visits.index_query(query)
+        ends_of: dict[int, list[tuple[int, int]]] = {}  # record id -> (person count, end time)
+        async for record in self.storage.records.find(index, _FIELDS):
+            if not query.matches(record):
+                continue
+            people = 1 + len(record.get("retinues", []))
+            ends_of[record["_id"]] = (people, record["end_time"])
+            for day, start, end in zip(result, starts, ends):
+                if record["start_time"] < end and record["end_time"] > start:
+                    day.expected += 1
+                    day.pending += 0 if record["is_auth"] else 1
+                if start <= record["signin_time"] < end:
+                    day.signed_in += 1
+                    day.people_signed_in += people
+        passed: list[set] = [set() for _ in starts]
+        async for bucket in self.storage.passes.find({"time": {"$gte": starts[0] - 60}}, {"entries": 1}):
+            for entry in bucket["entries"]:
+                if entry["code"] != 0 or not starts[0] <= entry["time"] < ends[-1]:
+                    continue
+                for n in range(len(starts) - 1, -1, -1):
+                    if entry["time"] >= starts[n]:
+                        passed[n].add((entry["record_id"], entry["person"]))
+                        break
+        for day, people in zip(result, passed):
+            day.people_passed = len(people)
+        today = Today(**dataclasses.asdict(result[-1]))
+        today.on_site = sum(1 for record_id, _ in passed[-1] if record_id in ends_of and ends_of[record_id][1] > now)
+        return today, result
+
+    def _next_day(self, start: int) -> int:
+        day = datetime.datetime.fromtimestamp(start, self.tz).date() + datetime.timedelta(days=1)
+        return int(datetime.datetime.combine(day, datetime.time(), self.tz).timestamp())

@@ -1,5 +1,6 @@
-"""A phone in WeChat for page tests: Debian's headless Chromium driven by Playwright, 375×667,
-WeChat's user agent; screenshots of every page go to artifacts/screenshots/<test>/."""
+"""Browsers for page tests, Debian's headless Chromium driven by Playwright: a phone in WeChat
+(375×667, WeChat's user agent) for the H5 pages, a desktop (1366×900) for /admin. Screenshots of
+every page go to artifacts/screenshots/<test>/."""
 from __future__ import annotations
 
 import contextlib
@@ -44,15 +45,34 @@ class Phone:
 
 
 @contextlib.asynccontextmanager
-async def phone(test_name: str):
-    """Open a phone browser; closed afterwards."""
+async def _browser(test_name: str, **context_options):
     folder = ARTIFACTS / re.sub(r"[^\w.-]+", "_", test_name)
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            context = await browser.new_context(viewport={"width": 375, "height": 667}, user_agent=WECHAT_UA,
-                                                device_scale_factor=2, is_mobile=True, has_touch=True,
-                                                locale="zh-CN")
+            context = await browser.new_context(locale="zh-CN", **context_options)
             yield Phone(await context.new_page(), folder)
         finally:
             await browser.close()
+
+
+def phone(test_name: str):
+    """Open a phone browser in WeChat; closed afterwards."""
+    return _browser(test_name, viewport={"width": 375, "height": 667}, user_agent=WECHAT_UA,
+                    device_scale_factor=2, is_mobile=True, has_touch=True)
+
+
+def desktop(test_name: str):
+    """Open a desktop browser (the admin's); closed afterwards. Downloads are allowed."""
+    return _browser(test_name, viewport={"width": 1366, "height": 900}, accept_downloads=True)
+
+
+async def log_into_admin(p: Phone, base_url: str, username: str, password: str, path: str = "/admin/") -> None:
+    """Open an /admin page in the desktop browser, logging in on the way."""
+    page = p.page
+    await page.goto(base_url + path)
+    await page.wait_for_url(re.compile(r"/admin/login\?"))
+    await page.fill("#username", username)
+    await page.fill("#password", password)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(re.compile(rf"^{re.escape(base_url + path)}(\?.*)?$"))

@@ -1,8 +1,14 @@
 """An admin's day in /admin, in a real headless Chromium on a desktop screen."""
+import csv
+import io
+import re
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
 from tests.phone import desktop, log_into_admin
+from tests.test_admin_records_pages import invite
 
 TIMEOUT = 120
 
@@ -20,3 +26,57 @@ async def test_admin_logs_in_sees_today_and_logs_out(http_server, base_url, requ
         await page.goto(base_url + "/admin/")
         await page.wait_for_url(f"{base_url}/admin/login?next=/admin/")
         assert not p.unexpected_errors()
+
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_admin_searches_opens_a_visit_and_deletes_it(http_server, base_url, journey, ctx, clock, request):
+    rid = await journey()
+    await invite(ctx, "王五", "13900000005", clock() + 3600)
+    async with desktop(request.node.name) as p:
+        page = p.page
+        await log_into_admin(p, base_url, ADMIN_USER, ADMIN_PASSWORD, "/admin/records")
+        assert await page.locator("#records tbody tr").count() == 2
+        await p.shot("all-records")
+        await page.fill("#f-name", "张")
+        await page.fill("#f-phone", "139 0000 0001")
+        await page.click("#filters button[type=submit]")
+        await page.wait_for_url(re.compile(r"/admin/records\?.*name="))
+        rows = page.locator("#records tbody tr")
+        assert await rows.count() == 1
+        assert "139****0001" in await rows.inner_text()
+        await p.shot("search")
+        await page.click("#records >> text=详情")
+        await page.wait_for_url(re.compile(rf"/admin/records/{rid}\?back="))
+        assert await page.locator("#people img.qr-img").count() == 3
+        assert "13900000001" in await page.inner_text("#people")
+        await p.shot("detail")
+        await page.click("#delete")
+        await page.wait_for_selector("#confirm-delete")
+        await p.shot("confirm")
+        await page.click("#confirm-delete")
+        await page.wait_for_url(re.compile(r"/admin/records\?.*done=deleted"))
+        assert "访客记录已删除" in await page.inner_text(".alert-success")
+        assert "没有符合条件的访客记录" in await page.inner_text("main")  # still the same search
+        await p.shot("deleted")
+        assert not p.unexpected_errors()
+    assert await ctx.storage.records.count_documents({}) == 1
+
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_admin_exports_the_filtered_list_for_excel(http_server, base_url, ctx, clock, request):
+    await invite(ctx, "王五", "13900000005", clock() + 3600)
+    await invite(ctx, "赵六", "13900000006", clock() + 7200, interviewee="孙总", interviewee_phone="13800000009")
+    async with desktop(request.node.name) as p:
+        page = p.page
+        await log_into_admin(p, base_url, ADMIN_USER, ADMIN_PASSWORD, "/admin/records?interviewee=孙")
+        await p.shot("filtered")
+        async with page.expect_download() as info:
+            await page.click("#export")
+        download = await info.value
+        assert download.suggested_filename.endswith(".csv")
+        data = Path(await download.path()).read_bytes()
+        assert not p.unexpected_errors()
+    assert data.startswith("\ufeff".encode())
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    assert [row[1] for row in rows[1:]] == ["赵六"]
+    assert rows[1][2] == "139****0006"

@@ -77,6 +77,11 @@ class Outbox:
         cursor = self.storage.outbox.find(query).sort("created_at", -1).skip((page - 1) * size).limit(size)
         return await cursor.to_list(size), page_of(count, page, size)
 
+    async def for_record(self, record_id: int) -> list[dict]:
+        """A record's notifications, oldest first."""
+        entries = await self.storage.outbox.find({"record_id": record_id}).to_list(None)
+        return sorted(entries, key=lambda e: (e["created_at"], e["_id"]))
+
     async def retry(self, entry_id: str) -> dict:
         """Queue a failed or skipped entry again; 404 unknown, 409 when it is not failed."""
         entry = await self.storage.outbox.find_one_and_update(

@@ -6,7 +6,7 @@ import dataclasses
 import datetime
 import json
 import logging
-from typing import Callable
+from typing import AsyncIterator, Callable
 from zoneinfo import ZoneInfo
 
 from .errors import ApiError, bad_request, conflict, not_found, upstream_failed
@@ -176,6 +176,13 @@ class Visits:
                     items.append(record)
                 count += 1
         return items, page_of(count, page, size)
+
+    async def each(self, query: "RecordQuery") -> AsyncIterator[dict]:
+        """Every record matching `query`, newest visit first, read in batches (for exports)."""
+        index = await self.index_query(query)
+        async for record in self.storage.records.find(index).sort(SORT).batch_size(500):
+            if query.matches(record):
+                yield record
 
     def filters(self, args: dict, *, party: str = "") -> "RecordQuery":
         """The seed's filters (CONTRACT §5): names as case-insensitive substrings, phones exact,

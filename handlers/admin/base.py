@@ -33,6 +33,17 @@ DONE_MESSAGES = {
     "retried": "通知已重新排队发送。",
 }
 
+# How notifications read in the admin's language.
+EVENT_LABELS = {
+    "approval_reminder_to_employee": "审批提醒（员工）",
+    "approval_pass_to_visitor": "审批通过（访客）",
+    "signin_to_visitor": "签到成功（访客）",
+    "visitor_signin_to_employee": "访客已签到（员工）",
+}
+CHANNEL_LABELS = {"wechat": "微信模板消息", "sms": "短信"}
+OUTBOX_STATUS_LABELS = {"pending": "待发送", "sending": "发送中", "sent": "已发送", "failed": "发送失败",
+                        "skipped": "已跳过", "cancelled": "已取消"}
+
 
 def mask_phone(phone: str) -> str:
     """138****0001: enough to recognise a number in a list without showing it."""
@@ -51,7 +62,7 @@ class AdminPageHandler(PageHandler):
         self.principal = await self._admin_principal()
         if self.principal is None:
             if self.request.method in ("GET", "HEAD"):
-                self.redirect("/admin/login?next=" + quote(self.request.uri, safe="/?=&"))
+                self.redirect("/admin/login?next=" + quote(self.request.uri, safe="/"))
             else:  # a form sent after the session ended: log in again, then start over from the page
                 self.redirect("/admin/login?next=" + quote(self.request.path, safe="/"))
 

@@ -1,2 +1,168 @@
-"""TODO"""
-default_handlers = []
+"""/admin/records: the seed's filters, paging, a record's detail, deletion and a CSV export."""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+from urllib.parse import parse_qsl, quote, urlencode
+
+from wxapp.errors import ApiError
+from wxapp.validation import normalize_phone
+from wxapp.visits import PURPOSES
+
+from .base import CHANNEL_LABELS, EVENT_LABELS, OUTBOX_STATUS_LABELS, AdminPageHandler, mask_phone
+
+PAGE_SIZE = 20
+DAY = 86400
+FILTERS = ("name", "phone", "interviewee", "interviewee_phone", "start", "end", "is_auth")
+STATUS_STYLES = {"待审批": "warning", "已授权": "primary", "已签到": "success", "已过期": "secondary"}
+CSV_COLUMNS = ["记录ID", "访客姓名", "访客手机", "随行人数", "随行人员", "访客单位", "来访目的", "被访人", "被访人手机",
+               "部门", "开始时间", "结束时间", "状态", "签到时间", "申请时间", "备注"]
+
+
+class RecordsPage(AdminPageHandler):
+    """Shared by the list and the export: the filter form read into Visits.filters arguments."""
+
+    nav = "/admin/records"
+
+    def read_filters(self) -> tuple[dict, dict, dict]:
+        """(the form as entered, the arguments for Visits.filters, errors by field)."""
+        form = {name: self.get_query_argument(name, "").strip() for name in FILTERS}
+        args: dict = {"name": form["name"][:32], "interviewee": form["interviewee"][:32]}
+        errors: dict[str, str] = {}
+        for name in ("phone", "interviewee_phone"):
+            if form[name]:
+                try:
+                    args[name] = normalize_phone(form[name])
+                except ValueError:
+                    errors[name] = "请输入完整的手机号码（精确匹配）"
+        for name, label in (("start", "开始日期"), ("end", "结束日期")):
+            if form[name]:
+                try:
+                    args[name] = self.day_start(form[name], label)
+                except ApiError as exc:
+                    errors[name] = exc.message
+        if "start" in args and "end" in args and args["start"] > args["end"]:
+            errors["end"] = "结束日期不能早于开始日期"
+        if "start" in args:  # visits that overlap the chosen days
+            args["start_time"] = args.pop("start")
+        if "end" in args:
+            args["end_time"] = args.pop("end") + DAY
+        if form["is_auth"] in ("0", "1"):
+            args["is_auth"] = int(form["is_auth"])
+        return form, args, errors
+
+    def filter_query(self, form: dict) -> str:
+        """The filters as a query string (for the export link and the way back from a record)."""
+        return urlencode({name: value for name, value in form.items() if value})
+
+
+class RecordListHandler(RecordsPage):
+    """The records list with the seed's filters."""
+
+    async def get(self):
+        form, args, errors = self.read_filters()
+        try:
+            page_number = max(1, int(self.get_query_argument("page", "1")))
+        except ValueError:
+            page_number = 1
+        records, page = [], None
+        if not errors:
+            query = self.ctx.visits.filters(args)
+            records, page = await self.ctx.visits.find(query, page_number, PAGE_SIZE)
+        self.render_admin(
+            "admin/records.html", status=400 if errors else 200, form=form, errors=errors, records=records,
+            page=page, status_of=self.ctx.visits.status, styles=STATUS_STYLES, filters=self.filter_query(form),
+            back=urlencode({**{k: v for k, v in form.items() if v}, **({"page": page_number} if page_number > 1 else {})}),
+        )
+
+
+class RecordExportHandler(RecordsPage):
+    """The filtered list as CSV for Excel: UTF-8 with a BOM, CRLF lines, phones masked, streamed."""
+
+    async def get(self):
+        form, args, errors = self.read_filters()
+        if errors:
+            raise ApiError(400, "；".join(errors.values()))
+        today = datetime.datetime.fromtimestamp(self.ctx.clock(), self.tz).strftime("%Y%m%d")
+        self.set_header("Content-Type", "text/csv; charset=UTF-8")
+        self.set_header("Content-Disposition", f"attachment; filename=\"visit-records-{today}.csv\"; "
+                                               f"filename*=UTF-8''{quote(f'访客记录-{today}.csv')}")
+        self.set_header("Cache-Control", "no-store")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)  # CRLF line ends, as Excel expects
+        buffer.write("\ufeff")  # the BOM makes Excel read UTF-8 instead of the local code page
+        writer.writerow(CSV_COLUMNS)
+        rows = 0
+        async for record in self.ctx.visits.each(self.ctx.visits.filters(args)):
+            writer.writerow([_cell(value) for value in self.row(record)])
+            rows += 1
+            if rows % 500 == 0:
+                self.write(buffer.getvalue())
+                buffer.seek(0)
+                buffer.truncate()
+                await self.flush()
+        self.finish(buffer.getvalue())
+
+    def row(self, record: dict) -> list:
+        retinues = record["retinues"]
+        return [
+            record["_id"], record["name"], mask_phone(record["phone"]), len(retinues),
+            "、".join(p["name"] for p in retinues), record["come_from"], PURPOSES.get(record["purpose"], ""),
+            record["interviewee"], mask_phone(record["interviewee_phone"]), record.get("department", ""),
+            self.fmt_time(record["start_time"]), self.fmt_time(record["end_time"]), self.ctx.visits.status(record),
+            self.fmt_time(record["signin_time"]), self.fmt_time(record.get("create_time")), record["remark"],
+        ]
+
+
+def _filters_only(query: str) -> str:
+    """A list's query string passed along as `back`, re-encoded and limited to the filters."""
+    return urlencode([(name, value) for name, value in parse_qsl(query) if name in FILTERS or name == "page"])
+
+
+def _cell(value):
+    """A value safe to open in Excel: text that would start a formula is kept as text."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+class RecordHandler(AdminPageHandler):
+    """One record in full: its people with phones and QR codes, sign-in, gate passes, notifications."""
+
+    nav = "/admin/records"
+
+    async def get(self, record_id: str):
+        record = await self.ctx.visits.get(int(record_id))
+        people = [("访客本人", record)] + [(f"随行人员 {n}", p) for n, p in enumerate(record["retinues"], 1)]
+        self.render_admin(
+            "admin/record.html", record=record, people=people, visit_status=self.ctx.visits.status(record),
+            styles=STATUS_STYLES, purposes=PURPOSES, passes=await self.ctx.pass_log.entries(record["_id"], limit=50),
+            notifications=await self.ctx.outbox.for_record(record["_id"]),
+            back=_filters_only(self.get_query_argument("back", "")), event_labels=EVENT_LABELS, channel_labels=CHANNEL_LABELS,
+            status_labels=OUTBOX_STATUS_LABELS,
+        )
+
+
+class RecordDeleteHandler(AdminPageHandler):
+    """GET asks for confirmation; POST deletes (QR codes stop at once, Koala subjects go too)."""
+
+    nav = "/admin/records"
+
+    async def get(self, record_id: str):
+        record = await self.ctx.visits.get(int(record_id))
+        self.render_admin("admin/record_delete.html", record=record, visit_status=self.ctx.visits.status(record),
+                          back=_filters_only(self.get_query_argument("back", "")))
+
+    async def post(self, record_id: str):
+        await self.ctx.visits.delete(int(record_id))
+        back = _filters_only(self.get_body_argument("back", ""))
+        self.redirect("/admin/records?" + (back + "&" if back else "") + "done=deleted")
+
+
+default_handlers = [
+    (r"/admin/records", RecordListHandler),
+    (r"/admin/records\.csv", RecordExportHandler),
+    (r"/admin/records/([0-9]{1,15})", RecordHandler),
+    (r"/admin/records/([0-9]{1,15})/delete", RecordDeleteHandler),
+]

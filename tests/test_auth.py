@@ -209,6 +209,15 @@ async def test_seeding_keys_again_changes_nothing(ctx):
     assert await ctx.storage.api_keys.count_documents({}) == 3
 
 
+@pytest.mark.gen_test
+async def test_a_revoked_configured_key_stays_revoked_after_a_restart(ctx, anonymous):
+    doc = await ctx.storage.api_keys.find_one({"key_hash": security.hash_api_key(GATE_KEY)})
+    assert await ctx.api_keys.revoke(doc["_id"])
+    await ctx.api_keys.seed(ctx.config.api_keys)  # what the next start-up does
+    resp = await anonymous.fetch("/v1/visit/qrcode", "POST", json={"qrcode": "x"}, key=GATE_KEY)
+    assert resp.status == 401
+
+
 # --- admin login ------------------------------------------------------------------------------
 
 @pytest.mark.gen_test

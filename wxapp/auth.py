@@ -13,7 +13,7 @@ from typing import Callable
 from . import security
 from .errors import ApiError, bad_request, conflict
 from .nearcache import NearCache
-from .storage import DuplicateKeyError, Storage
+from .storage import DuplicateKeyError, ReturnDocument, Storage
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +63,27 @@ class ApiKeys:
         return f"apikey:{key_hash}"
 
     async def seed(self, pairs) -> None:
-        """Make sure every `(role, key)` from API_KEYS exists (idempotent)."""
+        """Make sure every `(role, key)` from API_KEYS exists (idempotent). A key an admin revoked
+        stays revoked: a leaked key must not come back with the next restart."""
         for role, key in pairs:
             key_hash = security.hash_api_key(key)
-            await self.storage.api_keys.update_one(
+            doc = await self.storage.api_keys.find_one_and_update(
                 {"key_hash": key_hash},
                 {
-                    "$set": {"role": role, "revoked_at": None},
+                    "$set": {"role": role},
                     "$setOnInsert": {
+                        "revoked_at": None,
                         "_id": security.new_token(12),
                         "name": f"{role} (API_KEYS)",
                         "prefix": key[:4],
                         "created_at": self.clock(),
                     },
                 },
-                upsert=True,
+                upsert=True, return_document=ReturnDocument.AFTER,
             )
+            if doc["revoked_at"]:
+                log.warning("API key %r from API_KEYS was revoked in /admin and stays revoked; "
+                            "remove it from API_KEYS", doc["name"])
             await self.redis.delete(self._cache_key(key_hash))
             await self.near.changed([self._cache_key(key_hash)])
 

@@ -24,6 +24,8 @@ MESSAGES = {
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _DAY = 86400
 _UNREAD = object()
+# How far a bucket's last entry may lie after its first: the flush interval plus a slow insert.
+BUCKET_SPAN = 60
 
 
 def parse_qrcode(content: str) -> tuple[str, int | None] | None:
@@ -176,3 +178,29 @@ class PassLog:
                 break
         found.sort(key=lambda e: e["time"], reverse=True)
         return found[:limit]
+
+    async def search(self, *, start: float, end: float, gate: str | None = None, allowed: bool | None = None,
+                     record_id: int | None = None, before: float | None = None, skip: int = 0,
+                     limit: int = 100) -> list[dict]:
+        """Decisions in [start, end), newest first, at most `limit`: of one gate, allowed or refused
+        ones, of one record. Paging: `before` is the time of the last entry shown and `skip` how many
+        shown entries have exactly that time (entries of equal time keep a fixed order)."""
+        def wanted(e: dict) -> bool:
+            return (start <= e["time"] < end and (before is None or e["time"] <= before)
+                    and (gate is None or e["gate"] == gate) and (allowed is None or (e["code"] == 0) == allowed)
+                    and (record_id is None or e["record_id"] == record_id))
+
+        times = {"$gte": start - BUCKET_SPAN, "$lt": end}
+        if before is not None:
+            times["$lte"] = before
+        query = {"time": times} if record_id is None else {"entries.record_id": record_id, "time": times}
+        keep = limit + skip
+        found: list[tuple] = []  # (time, bucket id, position, entry): a fixed order for equal times
+        async for bucket in self.storage.passes.find(query).sort("time", -1):
+            if len(found) >= keep and bucket["time"] + BUCKET_SPAN < found[keep - 1][0]:
+                break  # this bucket and every older one hold only older entries than those kept
+            found += [(e["time"], bucket["_id"], n, e) for n, e in enumerate(bucket["entries"]) if wanted(e)]
+            found.sort(key=lambda f: f[:3], reverse=True)
+            del found[keep:]
+        shown = min(skip, sum(1 for f in found if f[0] == before))
+        return [f[3] for f in found[shown:shown + limit]]

@@ -43,7 +43,6 @@ class RetryHandler(APIHandler):
          data=NOTIFICATION_SCHEMA)
     async def post(self, id: str):
         entry = await self.ctx.outbox.retry(id)
-        self.ctx.delivery.wake()
         self.ok(present(entry))
 
 

@@ -1,12 +1,13 @@
 """An admin's day in /admin, in a real headless Chromium on a desktop screen."""
 import csv
 import io
+import json
 import re
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
+from tests.conftest import ADMIN_PASSWORD, ADMIN_USER, GATE_KEY
 from tests.phone import desktop, log_into_admin
 from tests.test_admin_records_pages import invite
 
@@ -80,3 +81,34 @@ async def test_admin_exports_the_filtered_list_for_excel(http_server, base_url, 
     rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
     assert [row[1] for row in rows[1:]] == ["赵六"]
     assert rows[1][2] == "139****0006"
+
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_admin_follows_a_visit_through_the_gate_log_and_the_notifications(http_server, base_url, journey, ctx,
+                                                                                anonymous, request):
+    rid = await journey()
+    record = await ctx.visits.get(rid)
+    for token, gate in ((record["token"], "东门"), (record["retinues"][0]["token"], "东门"), ("x" * 20, "西门")):
+        qrcode = json.dumps({"id": rid, "qrcode": token})
+        await anonymous.fetch("/v1/visit/qrcode", "POST", json={"qrcode": qrcode, "gate": gate}, key=GATE_KEY)
+    await ctx.pass_log.flush()
+    async with desktop(request.node.name) as p:
+        page = p.page
+        await log_into_admin(p, base_url, ADMIN_USER, ADMIN_PASSWORD, "/admin/passes")
+        assert await page.locator("#passes tbody tr").count() == 3
+        await p.shot("passes")
+        await page.select_option("#f-result", "refused")
+        await page.click("#filters button[type=submit]")
+        await page.wait_for_url(re.compile(r"result=refused"))
+        assert await page.locator("#passes tbody tr").count() == 1
+        assert "西门" in await page.inner_text("#passes")
+        await p.shot("passes-refused")
+        await page.click("text=消息通知")
+        await page.wait_for_url(base_url + "/admin/notifications")
+        assert "审批通过（访客）" in await page.inner_text("main")
+        await p.shot("notifications")
+        await page.click("text=概览")
+        await page.wait_for_url(base_url + "/admin/")
+        assert await page.inner_text("#stat-passed .value") == "2"
+        await p.shot("home")
+        assert not p.unexpected_errors()

@@ -83,13 +83,15 @@ class Outbox:
         return sorted(entries, key=lambda e: (e["created_at"], e["_id"]))
 
     async def retry(self, entry_id: str) -> dict:
-        """Queue a failed or skipped entry again; 404 unknown, 409 when it is not failed."""
+        """Queue a failed or skipped entry again (the delivery worker is woken); 404 unknown, 409 when
+        it is not failed."""
         entry = await self.storage.outbox.find_one_and_update(
             {"_id": entry_id, "status": {"$in": ["failed", "skipped"]}},
             {"$set": {"status": "pending", "due_at": self.clock(), "attempts": 0, "last_error": ""}},
             return_document=ReturnDocument.AFTER,
         )
         if entry is not None:
+            self.on_write()
             return entry
         if await self.storage.outbox.find_one({"_id": entry_id}) is None:
             raise ApiError(404, "通知不存在")

@@ -6,6 +6,7 @@ import datetime
 from typing import Callable
 from zoneinfo import ZoneInfo
 
+from .gate import BUCKET_SPAN
 from .storage import Storage
 from .visits import Visits
 
@@ -67,7 +68,7 @@ class Stats:
                     day.signed_in += 1
                     day.people_signed_in += people
         passed: list[set] = [set() for _ in starts]
-        async for bucket in self.storage.passes.find({"time": {"$gte": starts[0] - 60}}, {"entries": 1}):
+        async for bucket in self.storage.passes.find({"time": {"$gte": starts[0] - BUCKET_SPAN}}, {"entries": 1}):
             for entry in bucket["entries"]:
                 if entry["code"] != 0 or not starts[0] <= entry["time"] < ends[-1]:
                     continue

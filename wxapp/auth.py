@@ -11,7 +11,7 @@ from concurrent.futures import Executor
 from typing import Callable
 
 from . import security
-from .errors import ApiError, bad_request, conflict
+from .errors import ApiError, bad_request, conflict, not_found
 from .nearcache import NearCache
 from .storage import DuplicateKeyError, ReturnDocument, Storage
 
@@ -105,11 +105,14 @@ class ApiKeys:
         return doc, key
 
     async def revoke(self, key_id: str) -> bool:
-        """Revoke a key at once (its cached role is dropped too)."""
+        """Revoke a key at once (its cached role is dropped too); False when it was revoked already,
+        404 when there is no such key."""
         doc = await self.storage.api_keys.find_one_and_update(
             {"_id": key_id, "revoked_at": None}, {"$set": {"revoked_at": self.clock()}}
         )
         if doc is None:
+            if await self.storage.api_keys.find_one({"_id": key_id}, {"_id": 1}) is None:
+                raise not_found("该 API 密钥不存在")
             return False
         await self.redis.delete(self._cache_key(doc["key_hash"]))
         await self.near.changed([self._cache_key(doc["key_hash"])])
@@ -187,6 +190,10 @@ class Admins:
             )
         except DuplicateKeyError:
             raise conflict("该管理员用户名已存在") from None
+
+    async def list(self) -> list[dict]:
+        """Every admin user (without the password hash), oldest first."""
+        return await self.storage.admins.find({}, {"password_hash": 0}).sort("created_at", 1).to_list(None)
 
     async def set_password(self, username: str, password: str) -> bool:
         """Change an admin's password."""

@@ -51,9 +51,7 @@ class RevokeKeyHandler(AdminPageHandler):
     """POST /admin/keys/<id>/revoke: stop a key at once."""
 
     async def post(self, key_id: str):
-        if not await self.ctx.api_keys.revoke(key_id):
-            if not await self.ctx.storage.api_keys.count_documents({"_id": key_id}, limit=1):
-                raise ApiError(404, "该 API 密钥不存在")
+        await self.ctx.api_keys.revoke(key_id)
         self.redirect("/admin/keys?done=key_revoked")
 
 
@@ -65,8 +63,7 @@ class UsersPage(AdminPageHandler):
     async def show(self, status: int = 200, *, form: dict | None = None, errors: dict | None = None,
                    changing: str = "") -> None:
         """Render the page; `errors` belong to the add form, or to `changing`'s password form."""
-        users = await self.ctx.storage.admins.find({}, {"password_hash": 0}).sort("created_at", 1).to_list(None)
-        self.render_admin("admin/users.html", status, users=users, form=form or {"username": ""},
+        self.render_admin("admin/users.html", status, users=await self.ctx.admins.list(), form=form or {"username": ""},
                           errors=errors or {}, changing=changing,
                           password_min=PASSWORD_MIN, password_max=PASSWORD_MAX)
 

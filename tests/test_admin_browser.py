@@ -18,6 +18,13 @@ TIMEOUT = 120
 async def test_admin_logs_in_sees_today_and_logs_out(http_server, base_url, request):
     async with desktop(request.node.name) as p:
         page = p.page
+        await page.goto(base_url + "/admin/login")
+        await page.fill("#username", ADMIN_USER)
+        await page.fill("#password", "wrong password")
+        await page.click("button[type=submit]")
+        await page.wait_for_selector(".alert-danger")
+        assert "用户名或密码错误" in await page.inner_text(".alert-danger")
+        await p.shot("login-refused")
         await log_into_admin(p, base_url, ADMIN_USER, ADMIN_PASSWORD)
         assert "今日概览" in await page.inner_text("h1")
         assert await page.is_visible("svg.chart")
@@ -26,7 +33,7 @@ async def test_admin_logs_in_sees_today_and_logs_out(http_server, base_url, requ
         await page.wait_for_url(base_url + "/admin/login")
         await page.goto(base_url + "/admin/")
         await page.wait_for_url(f"{base_url}/admin/login?next=/admin/")
-        assert not p.unexpected_errors()
+        assert not p.unexpected_errors(401)  # the refused login answers 401
 
 
 @pytest.mark.gen_test(timeout=TIMEOUT)

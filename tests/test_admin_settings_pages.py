@@ -312,6 +312,23 @@ async def test_a_changed_password_is_the_one_that_logs_in(admin_login, client):
     assert refused.status == 401
 
 
+@pytest.mark.gen_test
+async def test_a_changed_password_logs_out_the_old_passwords_sessions(admin_login, ctx):
+    await ctx.admins.create("frontdesk", "desk-password-1")
+    mine, elsewhere = await admin_login(), await admin_login()
+    desk = await admin_login("frontdesk", "desk-password-1")
+    resp = await post(mine, "/admin/users/password", username=ADMIN_USER, password="new-password-1",
+                      password2="new-password-1")
+    assert resp.status == 302
+    assert (await mine.fetch("/admin/")).status == 200  # who changed it stays logged in
+    assert (await elsewhere.fetch("/admin/")).location == "/admin/login?next=/admin/"
+    assert (await desk.fetch("/admin/")).status == 200  # another admin is not touched
+    await post(mine, "/admin/users/password", username="frontdesk", password="desk-password-2",
+               password2="desk-password-2")
+    assert (await desk.fetch("/admin/")).status == 302
+    assert (await mine.fetch("/admin/")).status == 200
+
+
 @pytest.mark.parametrize("password,password2,message", [
     ("short", "short", "密码至少 8 个字符"),
     ("new-password-1", "new-password-2", "两次输入的密码不一致"),

@@ -349,3 +349,13 @@ async def test_a_right_password_clears_earlier_mistakes(client):
     assert (await try_login(browser, ADMIN_PASSWORD)).status == 302
     for _ in range(4):
         assert (await try_login(browser, "wrong")).status == 401
+
+
+@pytest.mark.gen_test
+async def test_an_owners_expired_sessions_are_forgotten_at_the_next_login(ctx):
+    old = await ctx.admin_sessions.create({"username": "a"}, owner="a")
+    await ctx.redis.delete(f"session:admin:{old}")  # as if it expired
+    new = await ctx.admin_sessions.create({"username": "a"}, owner="a")
+    assert await ctx.redis.smembers("sessions_of:admin:a") == {new}
+    assert await ctx.admin_sessions.end_all("a") == 1
+    assert await ctx.admin_sessions.get(new) is None

@@ -280,11 +280,32 @@ class Sessions:
     def _key(self, sid: str) -> str:
         return f"session:{self.kind}:{sid}"
 
-    async def create(self, data: dict) -> str:
-        """Start a session holding `data`; returns its id."""
+    def _owner_key(self, owner: str) -> str:
+        return f"sessions_of:{self.kind}:{owner}"
+
+    async def create(self, data: dict, owner: str = "") -> str:
+        """Start a session holding `data`; returns its id. An `owner`'s sessions can be ended together."""
         sid = security.new_token(24)
         await self.redis.set(self._key(sid), json.dumps(data), ex=self.ttl)
+        if owner:  # remember the session under its owner, forgetting the owner's expired ones
+            known = list(await self.redis.smembers(self._owner_key(owner)))
+            alive = await self.redis.exists(*(self._key(s) for s in known)) if known else 0
+            if alive < len(known):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for other in known:
+                        pipe.exists(self._key(other))
+                    gone = [other for other, found in zip(known, await pipe.execute()) if not found]
+                await self.redis.srem(self._owner_key(owner), *gone)
+            await self.redis.sadd(self._owner_key(owner), sid)
         return sid
+
+    async def end_all(self, owner: str, keep: str | None = None) -> int:
+        """End every session of `owner` but `keep` (after a password change); returns how many."""
+        sids = [sid for sid in await self.redis.smembers(self._owner_key(owner)) if sid != keep]
+        if sids:
+            await self.redis.delete(*(self._key(sid) for sid in sids))
+            await self.redis.srem(self._owner_key(owner), *sids)
+        return len(sids)
 
     async def get(self, sid: str) -> dict | None:
         """The session's data, extending its life (sliding expiry), or None."""

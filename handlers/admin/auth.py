@@ -33,7 +33,7 @@ class LoginHandler(PageHandler):
                              username=username)
             return
         await throttle.succeeded(username)
-        sid = await self.ctx.admin_sessions.create({"username": username})
+        sid = await self.ctx.admin_sessions.create({"username": username}, owner=username)
         self.start_session_cookie(ADMIN_COOKIE, sid, self.ctx.config.admin_session_ttl)
         log.info("admin %r logged in from %s", username, self.request.remote_ip)
         self.redirect(next_url)

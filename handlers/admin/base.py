@@ -29,7 +29,7 @@ DONE_MESSAGES = {
     "templates_saved": "消息模板设置已保存。",
     "key_revoked": "API 密钥已停用，使用它的设备将立即无法调用接口。",
     "user_created": "管理员已添加。",
-    "password_changed": "密码已修改。",
+    "password_changed": "密码已修改，该管理员在其他地方的登录已退出。",
     "retried": "通知已重新排队发送。",
 }
 

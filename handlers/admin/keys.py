@@ -5,6 +5,7 @@ import re
 
 from wxapp.errors import ApiError
 
+from ..base import ADMIN_COOKIE
 from .base import AdminPageHandler
 
 ROLE_LABELS = {"kiosk": "签到机", "gate": "闸机", "admin": "管理员"}
@@ -113,6 +114,9 @@ class PasswordHandler(UsersPage):
             return
         if not await self.ctx.admins.set_password(username, password):
             raise ApiError(404, "该管理员不存在")
+        # Whoever held the old password is logged out; the admin changing their own keeps this session.
+        current = self._session_id(ADMIN_COOKIE, self.ctx.config.admin_session_ttl)
+        await self.ctx.admin_sessions.end_all(username, keep=current if username == self.principal.username else None)
         self.redirect("/admin/users?done=password_changed")
 
 

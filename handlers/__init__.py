@@ -16,7 +16,7 @@ from . import admin, bindings, config, h5, health, media, notifications, oauth, 
 from .base import NotFoundPageHandler, UnknownApiHandler
 
 ROOT = Path(__file__).resolve().parent.parent
-_MODULES = (health, bindings, visits, config, notifications, openapi, media, oauth, wechat_messages, h5, admin)
+_MODULES = (visits, health, bindings, config, notifications, openapi, media, oauth, wechat_messages, h5, admin)
 
 
 def routes() -> list:

@@ -207,11 +207,11 @@ class GateHandler(APIHandler):
 
 
 default_handlers = [
+    (r"/v1/visit/qrcode", GateHandler),  # first: Tornado tries the routes in order, and gates call most
     (r"/v1/subject", ApplicationHandler),
     (r"/v1/visit/records", RecordsHandler),
     (r"/v1/visit/records/(?P<id>[0-9]+)", RecordHandler),
     (r"/v1/auth/records", AuthRecordsHandler),
     (r"/v1/auth/(?P<id>[0-9]+)", AuthorizeHandler),
     (r"/v1/visit/signin", SigninHandler),
-    (r"/v1/visit/qrcode", GateHandler),
 ]

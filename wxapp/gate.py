@@ -141,27 +141,36 @@ class PassLog:
         self.interval = interval
         self._pending: list[dict] = []
         self._task: asyncio.Task | None = None
+        self._sleeping = False  # the task waits for its interval (not writing yet)
 
     def record(self, entry: dict) -> None:
         """Queue one decision; written within `interval` seconds."""
         self._pending.append(entry)
         if self._task is None or self._task.done():
+            self._sleeping = True
             self._task = asyncio.get_running_loop().create_task(self._flush_soon())
 
     async def _flush_soon(self) -> None:
         await asyncio.sleep(self.interval)
+        self._sleeping = False
         await self.flush()
 
     async def close(self) -> None:
-        """Stop the timer and write what is queued (at shutdown)."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        """Stop the timer and write what is queued (at shutdown); a write under way is finished."""
+        task = self._task
+        if task is not None and not task.done():
+            if self._sleeping:
+                task.cancel()
+            else:
+                await task
         await self.flush()
 
     async def flush(self) -> None:
-        """Write what is queued now."""
-        while self._pending:
-            chunk, self._pending = self._pending[: self.batch], self._pending[self.batch:]
+        """Write what is queued now. Decisions made while it writes wait for the next interval: under
+        steady load, writing them at once would turn the buckets into a stream of small inserts."""
+        pending, self._pending = self._pending, []
+        for start in range(0, len(pending), self.batch):
+            chunk = pending[start:start + self.batch]
             bucket = {"time": chunk[0]["time"], "until": chunk[-1]["time"], "count": len(chunk), "entries": chunk}
             try:
                 await self.storage.passes.insert_one(bucket)

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from tests.test_signin_and_gate import approved_visit, check, signin  # noqa: F401 (approved_visit: a fixture)
+from wxapp.gate import PassLog
 
 DAY = 86400
 
@@ -189,8 +190,7 @@ async def test_malformed_gate_log_filters_are_400_with_the_form_kept(admin_login
 
 async def write_buckets(ctx, buckets: list[list[dict]]) -> None:
     """Store buckets as PassLog writes them (their first entry's time, their last's as `until`)."""
-    await ctx.storage.passes.insert_many([
-        {"time": b[0]["time"], "until": b[-1]["time"], "count": len(b), "entries": b} for b in buckets])
+    await ctx.storage.passes.insert_many([PassLog.bucket(b) for b in buckets])
 
 
 def decision(time: float, name: str, code: int = 0) -> dict:

@@ -357,3 +357,15 @@ async def test_a_busy_gate_writes_one_log_bucket_per_interval_and_loses_nothing_
     # Scans made while a bucket is being written wait for the next interval instead of being
     # written straight after it: about one bucket per 0.2 s, not a stream of small inserts.
     assert len(buckets) <= 8, [b["count"] for b in buckets]
+
+
+@pytest.mark.gen_test
+async def test_gate_log_buckets_of_an_earlier_version_are_found_by_record_after_an_upgrade(ctx):
+    entry = {"time": ctx.clock(), "code": 0, "gate": "东门", "record_id": 7, "person": 0}
+    await ctx.storage.passes.insert_one({"time": entry["time"], "until": entry["time"], "count": 1,
+                                         "entries": [entry]})  # as written before record_ids
+    await ctx.storage.passes.create_index([("entries.record_id", 1), ("time", -1)], name="record")
+    await ctx.pass_log.upgrade()
+    assert [e["gate"] for e in await ctx.pass_log.entries(record_id=7)] == ["东门"]
+    assert "record" not in await ctx.storage.passes.index_information()
+    await ctx.pass_log.upgrade()  # nothing left to do

@@ -50,10 +50,10 @@ async def test_the_other_collections_are_queried_by_index(ctx):
     await assert_indexed(ctx.storage.bindings, {"type": "employee", "phone": "13800000002"})
     await assert_indexed(ctx.storage.api_keys, {"key_hash": "0" * 64})
     await assert_indexed(ctx.storage.outbox, {"record_id": 1, "status": "pending"})
-    await assert_indexed(ctx.storage.passes, {"entries.record_id": 1}, [("time", -1)])
+    await assert_indexed(ctx.storage.passes, {"record_ids": 1}, [("time", -1)])
     day = {"$gte": 1000, "$lt": 87400, "$lte": 5000}  # PassLog.search: one day before a cursor
     await assert_indexed(ctx.storage.passes, {"time": day}, [("time", -1)])
-    await assert_indexed(ctx.storage.passes, {"entries.record_id": 1, "time": day}, [("time", -1)])
+    await assert_indexed(ctx.storage.passes, {"record_ids": 1, "time": day}, [("time", -1)])
     for status in ("pending", "sending"):
         await assert_indexed(ctx.storage.outbox, {"status": status, "due_at": {"$lte": 1e10}}, [("due_at", 1)])
     await assert_indexed(ctx.storage.outbox, {}, [("created_at", -1)])

@@ -156,6 +156,7 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             stats=Stats(storage, visits, clock, config.tz),
         )
         await ctx.visits.ensure_longest_visit()
+        await ctx.pass_log.upgrade()
         await ctx.api_keys.seed(config.api_keys)
         await ctx.admins.seed(config.admin_username, config.admin_password)
     except BaseException:

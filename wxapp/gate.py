@@ -165,21 +165,41 @@ class PassLog:
                 await task
         await self.flush()
 
+    async def upgrade(self) -> None:
+        """Bring buckets written before `record_ids` existed up to date, once: they were indexed by
+        `entries.record_id`; that index goes when they are done."""
+        indexes = await self.storage.passes.index_information()
+        if "record" not in indexes:
+            return
+        async for bucket in self.storage.passes.find({"record_ids": {"$exists": False}}, {"entries.record_id": 1}):
+            ids = sorted({e["record_id"] for e in bucket["entries"] if e.get("record_id") is not None})
+            await self.storage.passes.update_one({"_id": bucket["_id"]}, {"$set": {"record_ids": ids}})
+        await self.storage.passes.drop_index("record")
+        log.info("gate log: buckets now list their records in record_ids")
+
+    @staticmethod
+    def bucket(entries: list[dict]) -> dict:
+        """How consecutive decisions are stored: one document, its records listed once in
+        `record_ids` (indexed) rather than indexed entry by entry, which cost the database an index
+        key per scan."""
+        return {"time": entries[0]["time"], "until": entries[-1]["time"], "count": len(entries),
+                "record_ids": sorted({e["record_id"] for e in entries if e["record_id"] is not None}),
+                "entries": entries}
+
     async def flush(self) -> None:
         """Write what is queued now. Decisions made while it writes wait for the next interval: under
         steady load, writing them at once would turn the buckets into a stream of small inserts."""
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), self.batch):
             chunk = pending[start:start + self.batch]
-            bucket = {"time": chunk[0]["time"], "until": chunk[-1]["time"], "count": len(chunk), "entries": chunk}
             try:
-                await self.storage.passes.insert_one(bucket)
+                await self.storage.passes.insert_one(self.bucket(chunk))
             except Exception:  # the log must never take the gate down
                 log.exception("could not write %d gate decisions", len(chunk))
 
     async def entries(self, record_id: int | None = None, limit: int = 100) -> list[dict]:
         """The latest decisions, newest first, optionally of one record."""
-        query = {"entries.record_id": record_id} if record_id is not None else {}
+        query = {"record_ids": record_id} if record_id is not None else {}
         found: list[dict] = []
         async for bucket in self.storage.passes.find(query).sort("time", -1):
             found += [e for e in bucket["entries"] if record_id is None or e["record_id"] == record_id]
@@ -202,7 +222,7 @@ class PassLog:
         times = {"$gte": start - BUCKET_SPAN, "$lt": end}
         if before is not None:
             times["$lte"] = before
-        query = {"time": times} if record_id is None else {"entries.record_id": record_id, "time": times}
+        query = {"time": times} if record_id is None else {"record_ids": record_id, "time": times}
         keep = limit + skip
         found: list[tuple] = []  # (time, bucket id, position, entry): a fixed order for equal times
         async for bucket in self.storage.passes.find(query).sort("time", -1):

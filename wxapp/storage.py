@@ -69,7 +69,7 @@ INDEXES = {
     # Every gate decision, in buckets of many entries (see wxapp.gate.PassLog).
     "passes": [
         pymongo.IndexModel([("time", DESCENDING)], name="time"),
-        pymongo.IndexModel([("entries.record_id", ASCENDING), ("time", DESCENDING)], name="record"),
+        pymongo.IndexModel([("record_ids", ASCENDING), ("time", DESCENDING)], name="record_ids"),
     ],
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 from typing import Callable
 
@@ -199,14 +200,7 @@ class PassLog:
 
     async def entries(self, record_id: int | None = None, limit: int = 100) -> list[dict]:
         """The latest decisions, newest first, optionally of one record."""
-        query = {"record_ids": record_id} if record_id is not None else {}
-        found: list[dict] = []
-        async for bucket in self.storage.passes.find(query).sort("time", -1):
-            found += [e for e in bucket["entries"] if record_id is None or e["record_id"] == record_id]
-            if len(found) >= limit:
-                break
-        found.sort(key=lambda e: e["time"], reverse=True)
-        return found[:limit]
+        return await self.search(start=0, end=math.inf, record_id=record_id, limit=limit)
 
     async def search(self, *, start: float, end: float, gate: str | None = None, allowed: bool | None = None,
                      record_id: int | None = None, before: float | None = None, skip: int = 0,

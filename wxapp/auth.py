@@ -289,14 +289,13 @@ class Sessions:
         await self.redis.set(self._key(sid), json.dumps(data), ex=self.ttl)
         if owner:  # remember the session under its owner, forgetting the owner's expired ones
             known = list(await self.redis.smembers(self._owner_key(owner)))
-            alive = await self.redis.exists(*(self._key(s) for s in known)) if known else 0
-            if alive < len(known):
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for other in known:
-                        pipe.exists(self._key(other))
-                    gone = [other for other, found in zip(known, await pipe.execute()) if not found]
-                await self.redis.srem(self._owner_key(owner), *gone)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for other in known:
+                    pipe.exists(self._key(other))
+                gone = [other for other, found in zip(known, await pipe.execute()) if not found]
             await self.redis.sadd(self._owner_key(owner), sid)
+            if gone:
+                await self.redis.srem(self._owner_key(owner), *gone)
         return sid
 
     async def end_all(self, owner: str, keep: str | None = None) -> int:

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from .gate import BUCKET_SPAN
 from .storage import Storage
-from .visits import Visits
+from .visits import Visits, day_bounds
 
 _FIELDS = {"start_time": 1, "end_time": 1, "signin_time": 1, "is_auth": 1, "retinues.name": 1}
 
@@ -40,26 +40,21 @@ class Stats:
         self.clock = clock
         self.tz = tz
 
-    def day_starts(self, days: int) -> list[int]:
-        """The Unix times the last `days` days begin, oldest first, today last."""
+    def _bounds(self, days: int) -> list[tuple[int, int]]:
+        """When each of the last `days` days begins and ends, oldest first, today last."""
         today = datetime.datetime.fromtimestamp(self.clock(), self.tz).date()
-        return [int(datetime.datetime.combine(today - datetime.timedelta(days=n), datetime.time(), self.tz).timestamp())
-                for n in range(days - 1, -1, -1)]
+        return [day_bounds(today - datetime.timedelta(days=n), self.tz) for n in range(days - 1, -1, -1)]
 
     async def days(self, days: int = 7) -> tuple[Today, list[Day]]:
         """Today's figures and those of the last `days` days (today included, oldest first)."""
-        starts = self.day_starts(days)
-        ends = starts[1:] + [self._next_day(starts[-1])]
+        starts, ends = (list(column) for column in zip(*self._bounds(days)))
         result = [Day(start, datetime.datetime.fromtimestamp(start, self.tz).strftime("%m-%d")) for start in starts]
         now = self.clock()
         query = self.visits.filters({"start_time": starts[0], "end_time": ends[-1]})
-        index = await self.visits.index_query(query)
-        ends_of: dict[int, list[tuple[int, int]]] = {}  # record id -> (person count, end time)
-        async for record in self.storage.records.find(index, _FIELDS):
-            if not query.matches(record):
-                continue
+        visit_ends: dict[int, int] = {}  # record id -> when its visit ends
+        async for record in self.visits.each(query, _FIELDS):
             people = 1 + len(record.get("retinues", []))
-            ends_of[record["_id"]] = (people, record["end_time"])
+            visit_ends[record["_id"]] = record["end_time"]
             for day, start, end in zip(result, starts, ends):
                 if record["start_time"] < end and record["end_time"] > start:
                     day.expected += 1
@@ -79,9 +74,5 @@ class Stats:
         for day, people in zip(result, passed):
             day.people_passed = len(people)
         today = Today(**dataclasses.asdict(result[-1]))
-        today.on_site = sum(1 for record_id, _ in passed[-1] if record_id in ends_of and ends_of[record_id][1] > now)
+        today.on_site = sum(1 for record_id, _ in passed[-1] if visit_ends.get(record_id, 0) > now)
         return today, result
-
-    def _next_day(self, start: int) -> int:
-        day = datetime.datetime.fromtimestamp(start, self.tz).date() + datetime.timedelta(days=1)
-        return int(datetime.datetime.combine(day, datetime.time(), self.tz).timestamp())

@@ -33,6 +33,13 @@ def epoch(value, tz: ZoneInfo) -> int:
     return int(value)
 
 
+def day_bounds(day: datetime.date, tz: ZoneInfo) -> tuple[int, int]:
+    """When a calendar day begins and ends in `tz`, as Unix seconds."""
+    start = datetime.datetime.combine(day, datetime.time(), tz)
+    end = datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time(), tz)
+    return int(start.timestamp()), int(end.timestamp())
+
+
 def _equals(field: str, value) -> Callable[[dict], bool]:
     return lambda record: record.get(field) == value
 
@@ -163,24 +170,24 @@ class Visits:
 
     async def find(self, query: "RecordQuery", page: int, size: int) -> tuple[list[dict], dict]:
         """One page of records matching `query`, newest visit first."""
-        index = await self.index_query(query)
-        cursor = self.storage.records.find(index).sort(SORT)
         skip = (page - 1) * size
         if not query.checks:
+            index = await self.index_query(query)
             count = await self.storage.records.count_documents(index)
-            return await cursor.skip(skip).limit(size).to_list(size), page_of(count, page, size)
+            cursor = self.storage.records.find(index).sort(SORT).skip(skip).limit(size)
+            return await cursor.to_list(size), page_of(count, page, size)
         count, items = 0, []
-        async for record in cursor.batch_size(500):
-            if query.matches(record):
-                if skip <= count < skip + size:
-                    items.append(record)
-                count += 1
+        async for record in self.each(query):
+            if skip <= count < skip + size:
+                items.append(record)
+            count += 1
         return items, page_of(count, page, size)
 
-    async def each(self, query: "RecordQuery") -> AsyncIterator[dict]:
-        """Every record matching `query`, newest visit first, read in batches (for exports)."""
+    async def each(self, query: "RecordQuery", fields: dict | None = None) -> AsyncIterator[dict]:
+        """Every record matching `query` (only `fields` of it, when given), newest visit first,
+        read in batches."""
         index = await self.index_query(query)
-        async for record in self.storage.records.find(index).sort(SORT).batch_size(500):
+        async for record in self.storage.records.find(index, fields).sort(SORT).batch_size(500):
             if query.matches(record):
                 yield record
 
@@ -242,9 +249,7 @@ class Visits:
     # --- sign-in -----------------------------------------------------------------------------
 
     def _today(self) -> tuple[int, int]:
-        now = datetime.datetime.fromtimestamp(self.clock(), self.tz)
-        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        return int(start.timestamp()), int((start + datetime.timedelta(days=1)).timestamp())
+        return day_bounds(datetime.datetime.fromtimestamp(self.clock(), self.tz).date(), self.tz)
 
     async def _todays_record(self, phone: str) -> dict:
         day_start, day_end = self._today()

@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from wxapp.errors import ApiError
+from wxapp.visits import day_bounds
 
 from ..base import PageHandler
 
@@ -104,17 +105,19 @@ class AdminPageHandler(PageHandler):
         """The named form fields, stripped ("" when absent)."""
         return {name: self.get_body_argument(name, "").strip() for name in names}
 
-    def day_start(self, text: str, field: str) -> int:
-        """A YYYY-MM-DD date as the Unix time its day begins in TIMEZONE; 400 when malformed."""
+    def day_bounds(self, text: str, field: str) -> tuple[int, int]:
+        """When a YYYY-MM-DD day begins and ends in TIMEZONE, as Unix times; 400 when malformed."""
         try:
             day = datetime.date.fromisoformat(text)
         except ValueError:
             raise ApiError(400, f"{field}应为日期，如 2026-11-29") from None
-        return int(datetime.datetime.combine(day, datetime.time(), self.tz).timestamp())
+        try:
+            return day_bounds(day, self.tz)
+        except OverflowError:  # the last day of year 9999 has no next day
+            raise ApiError(400, f"{field}超出范围") from None
 
-    def today_start(self) -> int:
-        now = datetime.datetime.fromtimestamp(self.ctx.clock(), self.tz)
-        return int(datetime.datetime.combine(now.date(), datetime.time(), self.tz).timestamp())
+    def today(self) -> datetime.date:
+        return datetime.datetime.fromtimestamp(self.ctx.clock(), self.tz).date()
 
 
 def page_numbers(page: dict, around: int = 2) -> list[int | None]:

@@ -1,7 +1,6 @@
 """/admin/notifications (the outbox, with a retry for failed messages) and /admin/passes (the gate log)."""
 from __future__ import annotations
 
-import datetime
 import math
 import re
 from urllib.parse import urlencode
@@ -104,7 +103,7 @@ class PassesHandler(AdminPageHandler):
     async def get(self):
         form = {name: self.get_query_argument(name, "").strip()
                 for name in ("date", "gate", "result", "record", "before", "skip")}
-        form["date"] = form["date"] or self.fmt_date(self.today_start())
+        form["date"] = form["date"] or self.today().isoformat()
         filters = {name: form[name] for name in ("date", "gate", "result", "record") if form[name]}
         page = {"form": form, "latest": "/admin/passes?" + urlencode(filters), "messages": MESSAGES}
         try:
@@ -120,15 +119,11 @@ class PassesHandler(AdminPageHandler):
 
     def search_of(self, form: dict) -> dict:
         """PassLog.search's arguments from the filters; 400 with a Chinese message when malformed."""
-        start = self.day_start(form["date"], "通行日期")
-        day = datetime.date.fromisoformat(form["date"])
-        if day == datetime.date.max:
-            raise ApiError(400, "日期超出范围")
+        start, end = self.day_bounds(form["date"], "通行日期")
         if form["result"] not in RESULTS:
             raise ApiError(400, "通行结果应为 全部、放行 或 拒绝")
-        next_day = str(day + datetime.timedelta(days=1))
         record = positive_int(form["record"], "访客记录编号应为正整数") if form["record"] else None
-        search = {"start": start, "end": self.day_start(next_day, "通行日期"), "gate": form["gate"] or None,
+        search = {"start": start, "end": end, "gate": form["gate"] or None,
                   "allowed": RESULTS[form["result"]], "record_id": record}
         if form["before"]:
             search["before"], search["skip"] = cursor(form["before"], form["skip"])

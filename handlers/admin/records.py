@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import datetime
 import io
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -13,7 +12,6 @@ from wxapp.visits import PURPOSES
 from .base import CHANNEL_LABELS, EVENT_LABELS, OUTBOX_STATUS_LABELS, AdminPageHandler, mask_phone
 
 PAGE_SIZE = 20
-DAY = 86400
 FILTERS = ("name", "phone", "interviewee", "interviewee_phone", "start", "end", "is_auth")
 STATUS_STYLES = {"待审批": "warning", "已授权": "primary", "已签到": "success", "已过期": "secondary"}
 CSV_COLUMNS = ["记录ID", "访客姓名", "访客手机", "随行人数", "随行人员", "访客单位", "来访目的", "被访人", "被访人手机",
@@ -36,18 +34,19 @@ class RecordsPage(AdminPageHandler):
                     args[name] = normalize_phone(form[name])
                 except ValueError:
                     errors[name] = "请输入完整的手机号码（精确匹配）"
+        days = {}
         for name, label in (("start", "开始日期"), ("end", "结束日期")):
             if form[name]:
                 try:
-                    args[name] = self.day_start(form[name], label)
+                    days[name] = self.day_bounds(form[name], label)
                 except ApiError as exc:
                     errors[name] = exc.message
-        if "start" in args and "end" in args and args["start"] > args["end"]:
+        if "start" in days and "end" in days and days["start"] > days["end"]:
             errors["end"] = "结束日期不能早于开始日期"
-        if "start" in args:  # visits that overlap the chosen days
-            args["start_time"] = args.pop("start")
-        if "end" in args:
-            args["end_time"] = args.pop("end") + DAY
+        if "start" in days:  # visits that overlap the chosen days: from the first one's start
+            args["start_time"] = days["start"][0]
+        if "end" in days:  # to the last one's end
+            args["end_time"] = days["end"][1]
         if form["is_auth"] in ("0", "1"):
             args["is_auth"] = int(form["is_auth"])
         return form, args, errors
@@ -84,7 +83,7 @@ class RecordExportHandler(RecordsPage):
         form, args, errors = self.read_filters()
         if errors:
             raise ApiError(400, "；".join(errors.values()))
-        today = datetime.datetime.fromtimestamp(self.ctx.clock(), self.tz).strftime("%Y%m%d")
+        today = self.today().strftime("%Y%m%d")
         self.set_header("Content-Type", "text/csv; charset=UTF-8")
         self.set_header("Content-Disposition", f"attachment; filename=\"visit-records-{today}.csv\"; "
                                                f"filename*=UTF-8''{quote(f'访客记录-{today}.csv')}")

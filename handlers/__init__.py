@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import jinja2
 import tornado.web
-from tornado.log import access_log
 
 from wxapp.context import AppContext
 from wxapp.security import derive_key
 
-from . import admin, bindings, config, h5, health, media, notifications, oauth, openapi, visits, wechat_messages
-from .base import NotFoundPageHandler, UnknownApiHandler
+from . import (admin, bindings, config, gatepath, h5, health, media, notifications, oauth, openapi, visits,
+               wechat_messages)
+from .base import NotFoundPageHandler, UnknownApiHandler, log_access
 
 ROOT = Path(__file__).resolve().parent.parent
 _MODULES = (visits, health, bindings, config, notifications, openapi, media, oauth, wechat_messages, h5, admin)
@@ -27,17 +26,9 @@ def routes() -> list:
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """The access log; handlers that keep their own record (the gate) log successes at DEBUG only."""
-    status = handler.get_status()
-    if status >= 500:
-        level = logging.ERROR
-    elif status >= 400:
-        level = logging.WARNING
-    else:
-        level = logging.DEBUG if getattr(handler, "quiet_access_log", False) else logging.INFO
-    if access_log.isEnabledFor(level):
-        request = handler.request
-        access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri, request.remote_ip,
-                       1000.0 * request.request_time())
+    request = handler.request
+    log_access(handler.get_status(), request.method, request.uri, request.remote_ip, request.request_time(),
+               quiet=getattr(handler, "quiet_access_log", False))
 
 
 def make_app(ctx: AppContext, **overrides) -> tornado.web.Application:
@@ -60,4 +51,4 @@ def make_app(ctx: AppContext, **overrides) -> tornado.web.Application:
         openapi=json.dumps(openapi.build_openapi(table), ensure_ascii=False),
     )
     settings.update(overrides)
-    return tornado.web.Application(table, **settings)
+    return gatepath.Application(table, **settings)

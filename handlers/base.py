@@ -1,7 +1,8 @@
 """The HTTP layer's base: BaseHandler → APIHandler (the /v1 envelope) / PageHandler (HTML).
 
 Who may call a handler is declared on it with `@api(allow=...)`; the envelope of every
-/v1 answer, success or error, is written by `APIHandler.write_envelope` alone."""
+/v1 answer, success or error, is written by `APIHandler.write_envelope` alone (and, for the gate's
+successes, by the fast path in handlers.gatepath, from the same `envelope`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,6 +13,7 @@ from typing import Any, Iterable
 
 import redis.exceptions
 import tornado.web
+from tornado.log import access_log
 
 from wxapp.auth import WECHAT_ROLES, Principal, Role
 from wxapp.context import AppContext
@@ -27,6 +29,32 @@ ADMIN_COOKIE = "admin_session"
 # The database or Redis cannot be reached: answered with 503, never 500.
 SERVICE_UNAVAILABLE = UNAVAILABLE_ERRORS + (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _NO_DATA = object()
+# Sent with every answer, by BaseHandler and by the gate's fast path (handlers.gatepath).
+DEFAULT_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
+# The headers of every /v1 answer besides those.
+ENVELOPE_HEADERS = {"Content-Type": "application/json; charset=UTF-8", "Cache-Control": "no-store"}
+
+
+def envelope(code: int, err_msg: str, data: Any = _NO_DATA, page: dict | None = None) -> str:
+    """The JSON text of a /v1 answer (CONTRACT §2)."""
+    body: dict[str, Any] = {"code": code, "err_msg": err_msg}
+    if data is not _NO_DATA:
+        body["data"] = data
+    if page is not None:
+        body["page"] = page
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def log_access(status: int, method: str, uri: str, remote_ip: str | None, seconds: float, quiet: bool) -> None:
+    """One line of the access log: errors at WARNING or ERROR, successes at INFO (DEBUG if `quiet`)."""
+    if status >= 500:
+        level = logging.ERROR
+    elif status >= 400:
+        level = logging.WARNING
+    else:
+        level = logging.DEBUG if quiet else logging.INFO
+    if access_log.isEnabledFor(level):
+        access_log.log(level, "%d %s %s (%s) %.2fms", status, method, uri, remote_ip, 1000.0 * seconds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +111,8 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.settings["context"]
 
     def set_default_headers(self):
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Referrer-Policy", "same-origin")
+        for name, value in DEFAULT_HEADERS.items():
+            self.set_header(name, value)
 
     async def authorize(self, allow: tuple[Role, ...]) -> Principal | None:
         """Find the caller among the accepted kinds; 401 when there is none, 403 when not allowed."""
@@ -234,16 +262,11 @@ class APIHandler(BaseHandler):
 
     def write_envelope(self, code: int, err_msg: str, data: Any = _NO_DATA, page: dict | None = None,
                        status: int = 200) -> None:
-        """The one place a /v1 answer is written."""
-        body: dict[str, Any] = {"code": code, "err_msg": err_msg}
-        if data is not _NO_DATA:
-            body["data"] = data
-        if page is not None:
-            body["page"] = page
+        """The one place a /v1 answer is written (the gate's fast path writes the same)."""
         self.set_status(status)
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+        for name, value in ENVELOPE_HEADERS.items():
+            self.set_header(name, value)
+        self.finish(envelope(code, err_msg, data, page))
 
     def write_error(self, status_code: int, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]

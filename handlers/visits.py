@@ -186,24 +186,36 @@ class GateHandler(APIHandler):
          body=Schema(Field("qrcode", max_length=512, description="二维码内容（整段 JSON 或其中的 qrcode）"),
                      Field("gate", required=False, allow_empty=True, max_length=64, description="闸机名称，记入日志")))
     async def post(self):
-        now = self.ctx.clock()
-        entry, record_id = None, None
-        if self.parsed is not None:
-            token, record_id = self.parsed
-            key = gate.cache_key(token)
-            # Read with the API key in one round trip, unless the caller used an admin session.
-            if key in self.prefetched:
-                entry = await self.ctx.gate_cache.lookup(token, self.prefetched[key])
-            else:
-                entry = await self.ctx.gate_cache.lookup(token)
-        code = gate.decide(entry, record_id, now)
+        code = await decide_and_log(self.ctx, self.principal, self.body, self.parsed, self.prefetched)
         self.write_envelope(code, gate.MESSAGES[code])
-        self.ctx.pass_log.record({
-            "time": now, "code": code, "gate": self.body.get("gate", ""),
-            "key_id": self.principal.key_id, "key_name": self.principal.key_name or self.principal.username,
-            "record_id": (entry or {}).get("r"), "person": (entry or {}).get("p"),
-            "token_prefix": self.parsed[0][:6] if self.parsed else "",
-        })
+
+
+async def decide_and_log(ctx, principal, body: dict, parsed: tuple[str, int | None] | None,
+                         prefetched: dict[str, str | None]) -> int:
+    """The gate's decision on a parsed QR code, recorded in the gate log; `prefetched` holds the
+    token's Redis value when it was read together with the API key."""
+    entry = None
+    if parsed is not None:
+        key = gate.cache_key(parsed[0])
+        if key in prefetched:
+            entry = await ctx.gate_cache.lookup(parsed[0], prefetched[key])
+        else:  # an admin session: nothing was read with a key
+            entry = await ctx.gate_cache.lookup(parsed[0])
+    return log_decision(ctx, principal, body, parsed, entry)
+
+
+def log_decision(ctx, principal, body: dict, parsed: tuple[str, int | None] | None, entry: dict | None) -> int:
+    """The decision code for a token's entry, queued for the gate log (never waited for). Shared by
+    GateHandler and the fast path in handlers.gatepath, so both decide and log alike."""
+    now = ctx.clock()
+    code = gate.decide(entry, parsed[1] if parsed else None, now)
+    ctx.pass_log.record({
+        "time": now, "code": code, "gate": body.get("gate", ""),
+        "key_id": principal.key_id, "key_name": principal.key_name or principal.username,
+        "record_id": (entry or {}).get("r"), "person": (entry or {}).get("p"),
+        "token_prefix": parsed[0][:6] if parsed else "",
+    })
+    return code
 
 
 default_handlers = [

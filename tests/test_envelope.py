@@ -102,6 +102,10 @@ async def test_redis_down_is_503_not_500(config, client, redis_that_stops):
         api = await browser.fetch("/v1/config/servers", key=ADMIN_KEY)
         assert api.status == 503
         assert api.json() == {"code": 503, "err_msg": "数据服务暂时不可用，请稍后再试"}
+        scan = await browser.fetch("/v1/visit/qrcode", "POST", json={"qrcode": "some-token-0123456789"},
+                                   key=ADMIN_KEY)
+        assert scan.status == 503
+        assert scan.json() == {"code": 503, "err_msg": "数据服务暂时不可用，请稍后再试"}
     finally:
         server.stop()
         await ctx.close()

@@ -115,7 +115,12 @@ class GateCache:
         else from Redis, else from MongoDB."""
         if cached is _UNREAD:
             cached = await self.redis.get(cache_key(token))
-        return json.loads(cached) if cached else await self.load(token)
+        return self.decode(cached) if cached else await self.load(token)
+
+    @staticmethod
+    def decode(cached: str) -> dict:
+        """The entry of a token's cached value (as read from Redis or the near cache)."""
+        return json.loads(cached)
 
     async def load(self, token: str) -> dict:
         """The entry for a token from MongoDB (a cache miss), cached for next time."""

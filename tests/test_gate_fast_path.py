@@ -1,4 +1,5 @@
 """The gate's fast path (handlers.gatepath): the same answers as GateHandler, with less work per scan."""
+import asyncio
 import json
 import logging
 
@@ -10,6 +11,7 @@ from tornado.tcpclient import TCPClient
 from handlers import visits
 from tests.conftest import ADMIN_KEY, GATE_KEY
 from tests.test_signin_and_gate import approved_visit, signin, until  # noqa: F401 (a fixture)
+from wxapp import gate
 
 
 @pytest.fixture
@@ -134,3 +136,31 @@ async def test_behind_a_proxy_the_gates_own_address_is_logged(passes, app, caplo
     lines = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
     assert any(line.startswith("200 POST /v1/visit/qrcode (10.1.2.3)") for line in lines), lines
     assert any(line.startswith("401 POST /v1/visit/qrcode (10.1.2.3)") for line in lines), lines
+
+
+async def mget_calls(ctx) -> int:
+    return (await ctx.redis.info("commandstats")).get("cmdstat_mget", {}).get("calls", 0)
+
+
+@pytest.mark.gen_test
+async def test_gates_scanning_together_after_a_change_cost_one_redis_read(passes, anonymous, ctx):
+    qrcode = await passes()
+    scan = {"qrcode": qrcode, "gate": "east-1"}
+    assert (await anonymous.fetch("/v1/visit/qrcode", "POST", json=scan, key=GATE_KEY)).json()["code"] == 0
+    key = gate.cache_key(json.loads(qrcode)["qrcode"])
+    await ctx.near.changed([key])  # as when the visit changes: every process forgets the token
+    before = await mget_calls(ctx)
+    answers = await asyncio.gather(*[anonymous.fetch("/v1/visit/qrcode", "POST", json=scan, key=GATE_KEY)
+                                     for _ in range(20)])
+    assert [a.json()["code"] for a in answers] == [0] * 20
+    assert await mget_calls(ctx) - before == 1
+
+
+@pytest.mark.gen_test
+async def test_a_shared_read_is_not_kept_once_done(configured, ctx):
+    key = gate.cache_key("some-token-0123456789")
+    before = await mget_calls(ctx)  # the near cache is not listening here: every call reads Redis
+    for _ in range(3):
+        principal, values = await ctx.api_keys.authenticate(GATE_KEY, [key])
+        assert principal.role == "gate" and values == {key: None}
+    assert await mget_calls(ctx) - before == 3

@@ -359,6 +359,20 @@ async def test_a_busy_gate_writes_one_log_bucket_per_interval_and_loses_nothing_
     assert len(buckets) <= 8, [b["count"] for b in buckets]
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_decisions_made_while_the_gate_log_writes_are_written_without_another_scan(ctx):
+    log = gate.PassLog(ctx.storage, interval=0.05)
+    log.record({"time": ctx.clock(), "code": 0, "gate": "东门", "record_id": 1, "person": 0})
+    while log._sleeping:  # until the first bucket is being written
+        await asyncio.sleep(0.001)
+    log.record({"time": ctx.clock(), "code": -203, "gate": "东门", "record_id": 1, "person": 1})
+    # The gate goes quiet: no further scan comes to start another write.
+    assert await until(lambda: log._task.done(), seconds=5)
+    buckets = await ctx.storage.passes.find({}).to_list(None)
+    assert [e["code"] for b in buckets for e in b["entries"]] == [0, -203]
+    await log.close()
+
+
 @pytest.mark.gen_test
 async def test_gate_log_buckets_of_an_earlier_version_are_found_by_record_after_an_upgrade(ctx):
     entry = {"time": ctx.clock(), "code": 0, "gate": "东门", "record_id": 7, "person": 0}

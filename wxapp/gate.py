@@ -148,21 +148,29 @@ class PassLog:
         self._pending: list[dict] = []
         self._task: asyncio.Task | None = None
         self._sleeping = False  # the task waits for its interval (not writing yet)
+        self._closing = False
 
     def record(self, entry: dict) -> None:
-        """Queue one decision; written within `interval` seconds."""
+        """Queue one decision; written within `interval` seconds (plus a write under way)."""
         self._pending.append(entry)
         if self._task is None or self._task.done():
             self._sleeping = True
             self._task = asyncio.get_running_loop().create_task(self._flush_soon())
 
     async def _flush_soon(self) -> None:
-        await asyncio.sleep(self.interval)
-        self._sleeping = False
-        await self.flush()
+        """Write every `interval` while decisions are queued, including those made during a write:
+        they must not wait for the next scan, which may come hours later."""
+        while True:
+            await asyncio.sleep(self.interval)
+            self._sleeping = False
+            await self.flush()
+            if not self._pending or self._closing:
+                return
+            self._sleeping = True
 
     async def close(self) -> None:
         """Stop the timer and write what is queued (at shutdown); a write under way is finished."""
+        self._closing = True
         task = self._task
         if task is not None and not task.done():
             if self._sleeping:

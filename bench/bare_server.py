@@ -9,8 +9,9 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
+from pathlib import Path
 
-import redis.asyncio as aioredis
 import tornado.web
 
 
@@ -33,9 +34,10 @@ class PingHandler(tornado.web.RequestHandler):
 
 async def main(port: int, redis_url: str) -> None:
     redis = None
-    if redis_url:  # as wxapp.context.build_context configures its client
-        redis = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3,
-                                        socket_timeout=5, health_check_interval=30)
+    if redis_url:  # the server's own client; imported only here, so the bare side stays bare
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from wxapp.context import redis_client
+        redis = redis_client(redis_url)
     app = tornado.web.Application([(r"/v1/visit/qrcode", BareHandler, {"redis": redis}), (r"/ping", PingHandler)])
     server = app.listen(port, "127.0.0.1")
     stop = asyncio.Event()

@@ -94,14 +94,21 @@ class AppContext:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+def redis_client(url: str) -> aioredis.Redis:
+    """The asyncio Redis client of a process. Its pool checks a connection it hands out after
+    releasing its lock: redis-py's default pool checks under the lock, a few event-loop passes per
+    connection, so under load 32 commands at once took a second instead of 90 ms."""
+    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, socket_connect_timeout=3, socket_timeout=5,
+        max_connections=64, timeout=5))
+
+
 async def build_context(config: Config, *, clock: Callable[[], float] = time.time) -> AppContext:
     """Connect to MongoDB and Redis, create indexes, seed API keys and the first admin."""
     if not (config.mongo_uri and config.redis_url and config.secret_key):
         raise ValueError("build_context needs mongo_uri, redis_url and secret_key")
     storage = Storage(config.mongo_uri, config.mongo_db)
-    redis = aioredis.Redis.from_url(
-        config.redis_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=5,
-    )
+    redis = redis_client(config.redis_url)
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocking")
     try:
         await storage.ping()

@@ -122,8 +122,7 @@ class _Dispatch(httputil.HTTPMessageDelegate):
         key = self.headers["Authorization"][7:].strip()
         if not key:
             return None
-        qrcode = raw.get("qrcode")
-        return key, body, gate.parse_qrcode(qrcode) if isinstance(qrcode, str) else None
+        return key, body, gate.parse_qrcode(raw.get("qrcode"))
 
     async def _answer_later(self, key: str, body: dict, parsed, also: list[str]) -> None:
         ctx = self.app.settings["context"]

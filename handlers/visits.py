@@ -176,8 +176,7 @@ class GateHandler(APIHandler):
             body = self.json_body()
         except ApiError:
             body = {}
-        raw = body.get("qrcode")
-        self.parsed = gate.parse_qrcode(raw) if isinstance(raw, str) else None
+        self.parsed = gate.parse_qrcode(body.get("qrcode"))
         if self.parsed is not None:
             self.prefetch_keys = [gate.cache_key(self.parsed[0])]
 

@@ -29,8 +29,11 @@ _UNREAD = object()
 BUCKET_SPAN = 60
 
 
-def parse_qrcode(content: str) -> tuple[str, int | None] | None:
-    """(token, record id or None) from the whole QR content or a bare token; None when malformed."""
+def parse_qrcode(content) -> tuple[str, int | None] | None:
+    """(token, record id or None) from the whole QR content or a bare token; None when malformed
+    (anything but a string included)."""
+    if not isinstance(content, str):
+        return None
     content = content.strip()
     record_id = None
     if content.startswith("{"):

@@ -99,16 +99,17 @@ class _Dispatch(httputil.HTTPMessageDelegate):
             return
         key, body, parsed = scan
         also = [gate.cache_key(parsed[0])] if parsed is not None else []
-        known = self.app.settings["context"].api_keys.authenticate_now(key, also)
-        if known is None:
+        ctx = self.app.settings["context"]
+        known = ctx.api_keys.authenticate_now(key, also)
+        if known is None or not ctx.revocations.fresh():
             self.task = asyncio.get_running_loop().create_task(self._answer_later(key, body, parsed, also))
             return
         principal, values = known
         if principal.role not in SPEC.allow:
             self._replay()
             return
-        entry = gate.GateCache.decode(values[also[0]]) if also else None
-        self._write(visits.log_decision(self.app.settings["context"], principal, body, parsed, entry))
+        entry = ctx.revocations.check(parsed[0], gate.GateCache.decode(values[also[0]])) if also else None
+        self._write(visits.log_decision(ctx, principal, body, parsed, entry))
 
     def _read(self) -> tuple[str, dict, tuple[str, int | None] | None] | None:
         """(API key, body, parsed QR code) of a well-formed scan, else None."""

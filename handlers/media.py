@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
+from wxapp import gate
 from wxapp.errors import ApiError
 from wxapp.qrcodes import qr_content, qr_png
 
@@ -22,8 +23,8 @@ class QrCodeHandler(ImageHandler):
     """GET /qrcode/<token>.png: the pass of one person of a signed-in visit."""
 
     async def get(self, token: str):
-        entry = await self.ctx.gate_cache.lookup(token)
-        if not entry or entry.get("x") or entry.get("d"):
+        entry = self.ctx.revocations.check(token, await self.ctx.gate_cache.lookup(token))
+        if not gate.is_pass(entry):
             raise ApiError(404, "二维码不存在或已失效")
         png = await asyncio.get_running_loop().run_in_executor(
             self.ctx.executor, qr_png, qr_content(entry["r"], token))

@@ -200,12 +200,14 @@ async def decide_and_log(ctx, principal, body: dict, parsed: tuple[str, int | No
             entry = await ctx.gate_cache.lookup(parsed[0], prefetched[key])
         else:  # an admin session: nothing was read with a key
             entry = await ctx.gate_cache.lookup(parsed[0])
+        entry = await ctx.revocations.screen(parsed[0], entry)
     return log_decision(ctx, principal, body, parsed, entry)
 
 
 def log_decision(ctx, principal, body: dict, parsed: tuple[str, int | None] | None, entry: dict | None) -> int:
-    """The decision code for a token's entry, queued for the gate log (never waited for). Shared by
-    GateHandler and the fast path in handlers.gatepath, so both decide and log alike."""
+    """The decision code for a token's entry (already screened for revocations), queued for the gate
+    log (never waited for). Shared by GateHandler and the fast path in handlers.gatepath, so both
+    decide and log alike."""
     now = ctx.clock()
     code = gate.decide(entry, parsed[1] if parsed else None, now)
     ctx.pass_log.record({

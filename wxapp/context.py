@@ -21,6 +21,7 @@ from .images import Images
 from .koala import KoalaClient
 from .nearcache import NearCache
 from .outbox import Outbox
+from .revocation import Revocations
 from .security import SecretBox
 from .sms import SmsSender
 from .stats import Stats
@@ -57,6 +58,7 @@ class AppContext:
     bindings: Bindings
     outbox: Outbox
     gate_cache: GateCache
+    revocations: Revocations
     pass_log: PassLog
     visits: Visits
     wechat: WeChatApi
@@ -72,10 +74,13 @@ class AppContext:
         self.background.append(loop.create_task(self._periodic(interval)))
         self.background.append(loop.create_task(self.delivery.run()))
         self.background.append(loop.create_task(self.near.listen()))
+        self.background.append(loop.create_task(self.near.beat()))
+        self.background.append(loop.create_task(self.revocations.follow()))
 
     async def _periodic(self, interval: float) -> None:
         while True:
-            for job in (self.outbox.sweep, self.visits.remove_koala_subjects):
+            for job in (self.revocations.sweep, self.visits.finish_deletions, self.outbox.sweep,
+                        self.visits.remove_koala_subjects):
                 try:
                     await job()
                 except Exception:  # one failed round must not end the loop
@@ -130,8 +135,10 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
         delivery = DeliveryWorker(storage, system_settings, wechat, sms, clock, config.tz)
         outbox.on_write = delivery.wake
         near = NearCache(redis)
-        gate_cache = GateCache(storage, redis, clock, near)
-        visits = Visits(storage, redis, koala, images, outbox, gate_cache, system_settings, clock, config.tz)
+        revocations = Revocations(storage, redis, near, clock)
+        gate_cache = GateCache(storage, redis, clock, near, revocations.refusal)
+        visits = Visits(storage, redis, koala, images, outbox, gate_cache, revocations, system_settings, clock,
+                        config.tz)
         ctx = AppContext(
             config=config,
             storage=storage,
@@ -154,6 +161,7 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             bindings=Bindings(storage, koala, images, codes, wechat_users, clock),
             outbox=outbox,
             gate_cache=gate_cache,
+            revocations=revocations,
             pass_log=PassLog(storage),
             visits=visits,
             wechat=wechat,
@@ -164,6 +172,8 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
         )
         await ctx.visits.ensure_longest_visit()
         await ctx.pass_log.upgrade()
+        await revocations.upgrade()
+        await revocations.read_feed()
         await ctx.api_keys.seed(config.api_keys)
         await ctx.admins.seed(config.admin_username, config.admin_password)
     except BaseException:

@@ -167,7 +167,7 @@ class DeliveryWorker:
 
     async def _send(self, entry: dict) -> str:
         record = await self.storage.records.find_one({"_id": entry["record_id"]})
-        if record is None:
+        if record is None or (record.get("revoked") or {}).get("reason") == "deleted":
             return "cancelled"
         event, channel = entry["event"], entry["channel"]
         templates = await self.settings.templates()

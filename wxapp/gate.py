@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import re
-from typing import Callable
+from typing import Awaitable, Callable
 
 from .nearcache import NearCache
 from .storage import Storage
@@ -54,9 +54,12 @@ def cache_key(token: str) -> str:
 
 
 def decide(entry: dict | None, record_id: int | None, now: float) -> int:
-    """The decision code for a cached entry, checked in the contract's order."""
+    """The decision code for a cached entry, checked in the contract's order; a revoked token's
+    entry carries the code it is answered with (`c`)."""
     if not entry or entry.get("x") or (record_id is not None and record_id != entry.get("r")):
         return UNKNOWN
+    if "c" in entry:
+        return entry["c"]
     if entry.get("d") or not entry.get("a"):
         return NO_PERMISSION
     if not entry.get("i"):
@@ -68,14 +71,21 @@ def decide(entry: dict | None, record_id: int | None, now: float) -> int:
     return OK
 
 
+def is_pass(entry: dict | None) -> bool:
+    """Whether a token's entry is a pass that may still be shown: known and not revoked."""
+    return bool(entry) and not (entry.get("x") or entry.get("d") or "c" in entry)
+
+
 class GateCache:
     """What gates read: one small JSON value per QR token, kept current by every change."""
 
-    def __init__(self, storage: Storage, redis, clock: Callable[[], float], near: NearCache):
+    def __init__(self, storage: Storage, redis, clock: Callable[[], float], near: NearCache,
+                 refusal: Callable[[str], Awaitable[dict | None]]):
         self.storage = storage
         self.redis = redis
         self.clock = clock
         self.near = near
+        self.refusal = refusal  # the entry of a token revoked with its record gone (wxapp.revocation)
 
     def _ttl(self, end_time: int) -> int:
         # Long enough to answer "expired" for a week after the visit, then fall back to MongoDB.
@@ -88,30 +98,17 @@ class GateCache:
                 "a": record["is_auth"], "i": 1 if record["signin_time"] else 0}
 
     async def publish(self, record: dict) -> None:
-        """Write every token of a record (after sign-in)."""
+        """Write every token of a record (after sign-in). A key already there is left alone: it can
+        only be the record's revocation, written while this ran."""
         ttl = self._ttl(record["end_time"])
         keys = []
         async with self.redis.pipeline(transaction=False) as pipe:
             for person, p in enumerate([record, *record["retinues"]]):
                 if p.get("token"):
                     keys.append(cache_key(p["token"]))
-                    pipe.set(keys[-1], json.dumps(self.entry(record, person)), ex=ttl)
+                    pipe.set(keys[-1], json.dumps(self.entry(record, person)), ex=ttl, nx=True)
             await pipe.execute()
         await self.near.changed(keys)
-
-    async def revoke(self, record: dict) -> None:
-        """Make a deleted record's tokens answer "no permission" at once."""
-        tokens = [t for t in record.get("tokens", []) if t]
-        if not tokens:
-            return
-        now = self.clock()
-        await self.storage.revoked_tokens.insert_many(
-            [{"_id": t, "record_id": record["_id"], "revoked_at": now} for t in tokens])
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for token in tokens:
-                pipe.set(cache_key(token), json.dumps({"r": record["_id"], "d": 1}), ex=30 * _DAY)
-            await pipe.execute()
-        await self.near.changed([cache_key(token) for token in tokens])
 
     async def lookup(self, token: str, cached: str | None = _UNREAD) -> dict:
         """The entry for a token: from `cached` (the Redis value, when the caller read it already),
@@ -126,16 +123,19 @@ class GateCache:
         return json.loads(cached)
 
     async def load(self, token: str) -> dict:
-        """The entry for a token from MongoDB (a cache miss), cached for next time."""
+        """The entry for a token from MongoDB (a cache miss), cached for next time unless a
+        revocation wrote the key meanwhile."""
         record = await self.storage.records.find_one({"tokens": token})
-        if record is not None:
+        if record is not None and record.get("revoked"):
+            entry, ttl = {"r": record["_id"], "c": record["revoked"]["code"]}, 30 * _DAY
+        elif record is not None:
             person = [p.get("token") for p in [record, *record["retinues"]]].index(token)
             entry, ttl = self.entry(record, person), self._ttl(record["end_time"])
-        elif (revoked := await self.storage.revoked_tokens.find_one({"_id": token})) is not None:
-            entry, ttl = {"r": revoked["record_id"], "d": 1}, 30 * _DAY
+        elif (refusal := await self.refusal(token)) is not None:
+            entry, ttl = refusal, 30 * _DAY
         else:
             entry, ttl = {"x": 1}, 60  # unknown: remember briefly so a flood of bad codes stays cheap
-        await self.redis.set(cache_key(token), json.dumps(entry), ex=ttl)
+        await self.redis.set(cache_key(token), json.dumps(entry), ex=ttl, nx=True)
         return entry
 
 

@@ -3,12 +3,16 @@
 Every change is published on a Redis channel; each process drops the changed keys the moment the
 message arrives (its own changes at once). While the subscription is not confirmed, or after it
 broke, the cache is empty and bypassed, so a process never answers from values it might not have
-heard were changed. A value read from Redis is kept only if no change arrived during the read."""
+heard were changed. A value read from Redis is kept only if no change arrived during the read.
+
+Every process also publishes an empty change once a `poll` (`beat`), so a listener can tell a quiet
+channel from one nobody can write to (Redis paused or refusing writes): `heard_within`."""
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import math
 import time
 
 log = logging.getLogger(__name__)
@@ -26,6 +30,7 @@ class NearCache:
         self.max_entries = max_entries
         self.generation = 0  # counts changes heard; a read that saw one must not be cached
         self.live = False
+        self.heard_at = -math.inf  # monotonic time of the last message on the channel
         self._entries: dict[str, tuple[float, str]] = {}
 
     def get(self, key: str) -> str | None:
@@ -55,6 +60,21 @@ class NearCache:
         self._drop(keys)
         await self.redis.publish(CHANNEL, json.dumps(keys))
 
+    def heard_within(self, seconds: float) -> bool:
+        """Whether the channel carried a message (a change or a heartbeat) in the last `seconds`."""
+        return self.live and time.monotonic() - self.heard_at <= seconds
+
+    async def beat(self) -> None:
+        """Publish a heartbeat once a `poll` until cancelled; one that cannot go out in time is dropped."""
+        while True:
+            try:
+                await asyncio.wait_for(self.redis.publish(CHANNEL, "[]"), self.poll)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis away or not taking writes: listeners notice the silence
+                pass
+            await asyncio.sleep(self.poll)
+
     async def listen(self) -> None:
         """Follow the change channel until cancelled; reconnect after failures."""
         while True:
@@ -71,7 +91,10 @@ class NearCache:
                         if message["type"] == "subscribe":
                             self.live = True
                         elif message["type"] == "message":
-                            self._drop(json.loads(message["data"]))
+                            self.heard_at = time.monotonic()
+                            keys = json.loads(message["data"])
+                            if keys:
+                                self._drop(keys)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: forget everything and try again

@@ -97,6 +97,12 @@ class Outbox:
             raise ApiError(404, "通知不存在")
         raise ApiError(409, "只有发送失败或跳过的通知可以重新发送")
 
+    async def cancel(self, record_id: int) -> int:
+        """Cancel a record's notifications not sent yet; how many."""
+        result = await self.storage.outbox.update_many(
+            {"record_id": record_id, "status": "pending"}, {"$set": {"status": "cancelled"}})
+        return result.modified_count
+
     async def sweep(self) -> int:
         """Materialize every record left with pending events (after a crash)."""
         total = 0

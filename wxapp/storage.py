@@ -51,10 +51,17 @@ INDEXES = {
                            name="parties"),
         pymongo.IndexModel([("tokens", ASCENDING)], name="tokens"),
         pymongo.IndexModel([("pending_events", ASCENDING)], name="pending_events"),
+        # Revocations a failure left half done (wxapp.revocation, Visits.finish_deletions).
+        pymongo.IndexModel([("revoke_pending", ASCENDING)], name="revoke_pending", sparse=True),
+        pymongo.IndexModel([("revoked.reason", ASCENDING)], name="revoked_reason", sparse=True),
     ],
-    # QR tokens of deleted records: the gate answers "no permission" instead of "unknown".
-    "revoked_tokens": [
-        pymongo.IndexModel([("revoked_at_date", ASCENDING)], name="expire", expireAfterSeconds=90 * 86400),
+    # Records whose passes were revoked (_id = record id; see wxapp.revocation): followed by every
+    # process, consulted by token when the record is gone, kept until `expires_at`.
+    "revocations": [
+        pymongo.IndexModel([("changed_at", ASCENDING)], name="changed_at"),
+        pymongo.IndexModel([("tokens", ASCENDING)], name="tokens"),
+        pymongo.IndexModel([("redis_pending", ASCENDING)], name="redis_pending", sparse=True),
+        pymongo.IndexModel([("expires_at", ASCENDING)], name="expire", expireAfterSeconds=0),
     ],
     # Notifications to send (_id = "<event>:<record id>:<channel>", so each is written once).
     "outbox": [

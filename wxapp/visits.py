@@ -10,11 +10,12 @@ from typing import AsyncIterator, Callable
 from zoneinfo import ZoneInfo
 
 from .errors import ApiError, bad_request, conflict, not_found, upstream_failed
-from .gate import GateCache
+from .gate import NO_PERMISSION, GateCache
 from .images import Images, decode_photo
 from .koala import KoalaClient, KoalaError, find_employee
 from .outbox import Outbox
 from .paging import page_of
+from .revocation import Revocations
 from .security import new_token
 from .storage import Storage
 from .system_settings import SystemSettings
@@ -70,13 +71,15 @@ class Visits:
     """The rules of CONTRACT §5 for records, independent of HTTP."""
 
     def __init__(self, storage: Storage, redis, koala: KoalaClient, images: Images, outbox: Outbox,
-                 gate_cache: GateCache, settings: SystemSettings, clock: Callable[[], float], tz: ZoneInfo):
+                 gate_cache: GateCache, revocations: Revocations, settings: SystemSettings,
+                 clock: Callable[[], float], tz: ZoneInfo):
         self.storage = storage
         self.redis = redis
         self.koala = koala
         self.images = images
         self.outbox = outbox
         self.gate_cache = gate_cache
+        self.revocations = revocations
         self.settings = settings
         self.clock = clock
         self.tz = tz
@@ -237,7 +240,7 @@ class Visits:
         if record["end_time"] <= self.clock():
             raise conflict("来访时间已过，无法授权")
         updated = await self.storage.records.find_one_and_update(
-            {"_id": record_id, "is_auth": 0},
+            {"_id": record_id, "is_auth": 0, "revoked": {"$exists": False}},
             {"$set": {"is_auth": 1}, "$push": {"pending_events": "approval_pass_to_visitor"}},
             return_document=True,
         )
@@ -254,7 +257,8 @@ class Visits:
     async def _todays_record(self, phone: str) -> dict:
         day_start, day_end = self._today()
         candidates = await self.storage.records.find({"phones": phone, "start_time": {"$lt": day_end}}).to_list(None)
-        records = [r for r in candidates if r["is_auth"] == 1 and r["end_time"] > day_start]
+        records = [r for r in candidates
+                   if r["is_auth"] == 1 and r["end_time"] > day_start and not r.get("revoked")]
         if not records:
             raise not_found("今天没有已审批的预约")
         now = self.clock()
@@ -309,13 +313,16 @@ class Visits:
             tokens[f"retinues.{i}.token"] = new_token(24)
         now = int(self.clock())
         updated = await self.storage.records.find_one_and_update(
-            {"_id": record["_id"], "signin_time": 0},
+            {"_id": record["_id"], "signin_time": 0, "revoked": {"$exists": False}},
             {"$set": {**tokens, "tokens": list(tokens.values()), "signin_time": now},
              "$push": {"pending_events": {"$each": ["signin_to_visitor", "visitor_signin_to_employee"]}}},
             return_document=True,
         )
-        if updated is None:
-            return await self.get(record["_id"])
+        if updated is None:  # signed in by another kiosk at the same moment, or revoked
+            record = await self.get(record["_id"])
+            if record.get("revoked"):
+                raise not_found("今天没有已审批的预约")
+            return record
         await self.gate_cache.publish(updated)
         await self.outbox.materialize(updated["_id"])
         return updated
@@ -323,21 +330,37 @@ class Visits:
     # --- deletion ----------------------------------------------------------------------------
 
     async def delete(self, record_id: int) -> None:
-        """Delete a record: its QR codes stop at once, its Koala subjects go (later, if Koala is down)."""
-        record = await self.storage.records.find_one_and_delete({"_id": record_id})
+        """Delete a record. Its QR codes are refused by every gate once this returns, through the one
+        revocation path; what follows (notifications cancelled, photos, Koala subjects, the record
+        itself) is finished now or, after a failure, by `finish_deletions`."""
+        record = await self.revocations.revoke(record_id, "deleted", NO_PERMISSION)
         if record is None:
             raise not_found("访客记录不存在")
-        await self.gate_cache.revoke(record)
-        await self.storage.outbox.update_many(
-            {"record_id": record_id, "status": "pending"}, {"$set": {"status": "cancelled"}}
-        )
+        try:
+            await self._finish_deletion(record)
+        except Exception:  # the revocation holds; the periodic job finishes the rest
+            log.exception("deletion of record %s will be finished later", record_id)
+
+    async def _finish_deletion(self, record: dict) -> None:
+        record_id = record["_id"]
+        await self.outbox.cancel(record_id)
         koala_ids = [p["koala_id"] for p in [record, *record["retinues"]] if p.get("koala_id")]
-        await self.images.delete([record.get("photo")] + [p.get("photo") for p in record["retinues"]])
         if koala_ids:
-            await self.storage.koala_cleanup.insert_one(
-                {"_id": f"record:{record_id}", "subject_ids": koala_ids, "attempts": 0, "created_at": self.clock()}
-            )
+            await self.storage.koala_cleanup.update_one(
+                {"_id": f"record:{record_id}"},
+                {"$setOnInsert": {"subject_ids": koala_ids, "attempts": 0, "created_at": self.clock()}}, upsert=True)
+        await self.images.delete([record.get("photo")] + [p.get("photo") for p in record["retinues"]])
+        await self.storage.records.delete_one({"_id": record_id, "revoked.reason": "deleted"})
+        if koala_ids:
             await self.remove_koala_subjects()
+
+    async def finish_deletions(self) -> int:
+        """Finish deletions a failure interrupted: records revoked as deleted but still stored."""
+        done = 0
+        async for record in self.storage.records.find({"revoked.reason": "deleted"}):
+            await self._finish_deletion(record)
+            done += 1
+        return done
 
     async def remove_koala_subjects(self) -> int:
         """Delete Koala subjects of deleted records; what fails stays queued for the next try."""

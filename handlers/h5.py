@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 
+from wxapp import lifecycle
 from wxapp.bindings import avatar_path
 from wxapp.errors import ApiError
 from wxapp.visits import PURPOSES
@@ -46,7 +47,7 @@ class H5Handler(PageHandler):
         def when(ts: int, fmt: str) -> str:
             return datetime.datetime.fromtimestamp(ts, tz).strftime(fmt)
 
-        signed = bool(record["signin_time"])
+        state = lifecycle.effective(record, self.ctx.clock())
         people = [record, *record["retinues"]]
         return {
             "id": record["_id"], "name": record["name"], "phone": record["phone"],
@@ -54,11 +55,11 @@ class H5Handler(PageHandler):
             "interviewee": record["interviewee"], "department": record.get("department", ""),
             "date": when(record["start_time"], "%Y-%m-%d"),
             "time": f"{when(record['start_time'], '%H:%M')} - {when(record['end_time'], '%H:%M')}",
-            "status": self.ctx.visits.status(record), "is_auth": record["is_auth"],
-            "pending": not record["is_auth"] and record["end_time"] > self.ctx.clock(),
+            "status": lifecycle.LABELS[state], "state": state, "is_auth": record["is_auth"],
+            "pending": state == lifecycle.PENDING,
             "retinues": [r["name"] for r in record["retinues"]],
             "passes": [{"name": p["name"], "phone": p["phone"], "src": f"/qrcode/{p['token']}.png"}
-                       for p in people if signed and p.get("token")],
+                       for p in people if state == lifecycle.SIGNED_IN and p.get("token")],
         }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from wxapp import gate
+from wxapp import gate, lifecycle
 from wxapp.auth import Role
 from wxapp.errors import ApiError
 from wxapp.validation import Field, Schema, normalize_phone, phone_field, time_field
@@ -56,12 +56,18 @@ RECORD_FILTERS = (
     time_field("end_time", required=False, description="与来访时间段重叠的终点"),
     Field("is_auth", "integer", required=False, choices=[0, 1], description="0 未授权，1 已授权"),
 )
+_STATUS_WORD = "(?:" + "|".join(lifecycle.STATUSES) + ")"
+STATUS_FILTER = Field(
+    "status", required=False, allow_empty=True, max_length=200,
+    check=lambda text: lifecycle.parse_statuses(text) if text else None,
+    json_schema={"pattern": f"^(?:{_STATUS_WORD}(?:,{_STATUS_WORD})*)?$"},
+    description="状态，多个用逗号分隔：" + "，".join(f"{k} {v}" for k, v in lifecycle.LABELS.items()))
 RECORDS_QUERY = Schema(
     Field("type", choices=["mobile", "web"], description="mobile：手机端（本人的记录）；web：管理端"),
     _filter_phone("proposer", "申请人手机号码；手机端必填，须为本人绑定的手机号"),
-    *RECORD_FILTERS, PAGE, SIZE,
+    *RECORD_FILTERS, STATUS_FILTER, PAGE, SIZE,
 )
-AUTH_RECORDS_QUERY = Schema(_filter_phone("phone", "员工的手机号码（默认本人）"), PAGE, SIZE)
+AUTH_RECORDS_QUERY = Schema(_filter_phone("phone", "员工的手机号码（默认本人）"), STATUS_FILTER, PAGE, SIZE)
 RECORD_ID = Schema(Field("id", "integer", minimum=1, description="访客记录 id"))
 
 _PERSON = {"subject_id": "integer", "name": "string", "phone": "string", "photo": "string",
@@ -75,6 +81,7 @@ RECORD_SCHEMA = {"type": "object", "properties": {
         ("interviewee_phone", "string"), ("department", "string"), ("start_time", "integer"),
         ("end_time", "integer"), ("group_ids", "string"), ("is_auth", "integer"), ("signin_time", "integer"),
         ("create_time", "integer"))},
+    "status": {"type": "string", "enum": list(lifecycle.STATUSES)},
     "retinues": {"type": "array", "items": PERSON_SCHEMA},
 }}
 
@@ -131,7 +138,7 @@ class AuthRecordsHandler(VisitHandler):
             if phone and phone != own:
                 raise ApiError(403, "只能查询本人的授权记录")
             phone = own
-        query = self.ctx.visits.filters({"interviewee_phone": phone})
+        query = self.ctx.visits.filters({"interviewee_phone": phone, "status": self.query.get("status")})
         records, page = await self.ctx.visits.find(query, self.query["page"], self.query["size"])
         self.ok(await self.present(records), page)
 
@@ -144,6 +151,39 @@ class AuthorizeHandler(VisitHandler):
         employee_phone = self.principal.binding["phone"] if self.principal.role == Role.EMPLOYEE else None
         await self.ctx.visits.authorize(id, employee_phone)
         self.ok()
+
+
+class DeclineHandler(VisitHandler):
+    """拒绝来访 (CONTRACT §9)."""
+
+    @api(allow=[Role.EMPLOYEE, Role.ADMIN], summary="被访员工或管理员拒绝来访（签到前）", path=RECORD_ID,
+         body=Schema(Field("reason", default="", allow_empty=True, max_length=100, description="拒绝原因（可选）")),
+         data=RECORD_SCHEMA)
+    async def post(self, id: int):
+        employee_phone = self.principal.binding["phone"] if self.principal.role == Role.EMPLOYEE else None
+        record = await self.ctx.visits.decline(id, employee_phone, self.body["reason"])
+        self.ok((await self.present([record]))[0])
+
+
+class CancelHandler(VisitHandler):
+    """取消预约 (CONTRACT §9)."""
+
+    @api(allow=[Role.VISITOR, Role.EMPLOYEE, Role.ADMIN], summary="申请人或管理员取消预约（签到前）", path=RECORD_ID,
+         data=RECORD_SCHEMA)
+    async def post(self, id: int):
+        binding = self.principal.binding if self.principal.role != Role.ADMIN else None
+        record = await self.ctx.visits.cancel(id, binding)
+        self.ok((await self.present([record]))[0])
+
+
+class SignoutHandler(VisitHandler):
+    """签退 (CONTRACT §9)."""
+
+    @api(allow=[Role.KIOSK, Role.ADMIN], summary="签到机签退：今天已签到的来访结束，二维码失效",
+         body=Schema(phone_field("phone", description="访客或任一随行人员的手机号码")), data=RECORD_SCHEMA)
+    async def post(self):
+        record = await self.ctx.visits.sign_out(self.body["phone"])
+        self.ok((await self.present([record]))[0])
 
 
 class RecordHandler(VisitHandler):
@@ -183,7 +223,9 @@ class GateHandler(APIHandler):
     @api(allow=[Role.GATE, Role.KIOSK, Role.ADMIN], summary="闸机验证访客二维码",
          description="code 0 放行；-201 二维码无效，-202 未到访问时间，-203 未签到，-204 无通行权限，-209 通行权限已过期",
          body=Schema(Field("qrcode", max_length=512, description="二维码内容（整段 JSON 或其中的 qrcode）"),
-                     Field("gate", required=False, allow_empty=True, max_length=64, description="闸机名称，记入日志")))
+                     Field("gate", required=False, allow_empty=True, max_length=64, description="闸机名称，记入日志"),
+                     Field("direction", default="in", choices=["in", "out"],
+                           description="in 进门（默认）；out 出门：已知的二维码一律放行，并记为离开")))
     async def post(self):
         code = await decide_and_log(self.ctx, self.principal, self.body, self.parsed, self.prefetched)
         self.write_envelope(code, gate.MESSAGES[code])
@@ -209,12 +251,14 @@ def log_decision(ctx, principal, body: dict, parsed: tuple[str, int | None] | No
     log (never waited for). Shared by GateHandler and the fast path in handlers.gatepath, so both
     decide and log alike."""
     now = ctx.clock()
-    code = gate.decide(entry, parsed[1] if parsed else None, now)
+    code = gate.decide(entry, parsed[1] if parsed else None, now, body.get("direction", "in"))
+    if code == gate.OK and body.get("direction") == "out" and entry and "c" not in entry:
+        ctx.visits.note_exit(entry["r"], entry["p"])
     ctx.pass_log.record({
         "time": now, "code": code, "gate": body.get("gate", ""),
         "key_id": principal.key_id, "key_name": principal.key_name or principal.username,
         "record_id": (entry or {}).get("r"), "person": (entry or {}).get("p"),
-        "token_prefix": parsed[0][:6] if parsed else "",
+        "token_prefix": parsed[0][:6] if parsed else "", "direction": body.get("direction", "in"),
     })
     return code
 
@@ -226,5 +270,8 @@ default_handlers = [
     (r"/v1/visit/records/(?P<id>[0-9]+)", RecordHandler),
     (r"/v1/auth/records", AuthRecordsHandler),
     (r"/v1/auth/(?P<id>[0-9]+)", AuthorizeHandler),
+    (r"/v1/auth/(?P<id>[0-9]+)/decline", DeclineHandler),
+    (r"/v1/visit/records/(?P<id>[0-9]+)/cancel", CancelHandler),
     (r"/v1/visit/signin", SigninHandler),
+    (r"/v1/visit/signout", SignoutHandler),
 ]

@@ -169,7 +169,7 @@ async def test_templates_save_with_a_wechat_field_mapping(admin_login, anonymous
     assert resp.status == 302
     assert resp.location == "/admin/settings?done=templates_saved"
     saved = await api_settings(anonymous, "templates")
-    assert saved == {**TEMPLATES, "verify_code_sms_id": "SMS_9",
+    assert saved == {**TEMPLATES, "verify_code_sms_id": "SMS_9", "reminder_hour": 8,
                      "wechat_fields": {"approval_pass_to_visitor": {"thing1": "visitor_name"}}}
     page = await browser.fetch(resp.location)
     assert "消息模板设置已保存" in page.text

@@ -36,6 +36,10 @@ MATRIX = {
     "DELETE /v1/visit/records/{id}":         (401, 403, 403, 403, 403, 403, OK,  OK),
     "POST /v1/visit/signin":                 (401, 403, 403, 403, OK,  403, OK,  OK),
     "POST /v1/visit/qrcode":                 (401, 403, 403, 403, OK,  OK,  OK,  OK),
+    "POST /v1/auth/{id}/decline":            (401, 403, 403, OK,  403, 403, OK,  OK),
+    # The record is the visitor's application: the employee is not its proposer.
+    "POST /v1/visit/records/{id}/cancel":    (401, 403, OK,  403, 403, 403, OK,  OK),
+    "POST /v1/visit/signout":                (401, 403, 403, 403, OK,  403, OK,  OK),
     "GET /v1/config/servers":                (401, 403, 403, 403, 403, 403, OK,  OK),
     "PUT /v1/config/servers":                (401, 403, 403, 403, 403, 403, OK,  OK),
     "GET /v1/config/templates":              (401, 403, 403, 403, 403, 403, OK,  OK),
@@ -179,6 +183,12 @@ async def _request(endpoint: str, me: Caller, world: World) -> tuple[str, str, d
         return "GET", "/v1/auth/records", None
     if endpoint == "PUT /v1/auth/{id}":
         return "PUT", f"/v1/auth/{await world.record_id()}", None
+    if endpoint == "POST /v1/auth/{id}/decline":
+        return "POST", f"/v1/auth/{await world.record_id()}/decline", {"reason": "时间冲突"}
+    if endpoint == "POST /v1/visit/records/{id}/cancel":
+        return "POST", f"/v1/visit/records/{await world.record_id()}/cancel", None
+    if endpoint == "POST /v1/visit/signout":
+        return "POST", "/v1/visit/signout", {"phone": VISITOR_PHONE}
     if endpoint == "DELETE /v1/visit/records/{id}":
         return "DELETE", f"/v1/visit/records/{await world.record_id()}", None
     if endpoint == "POST /v1/visit/signin":

@@ -123,9 +123,9 @@ async def test_templates_round_trip_with_field_mapping(anonymous):
     mapping = {"approval_pass_to_visitor": {"thing1": "visitor_name", "time2": "start_time"}}
     body = {**TEMPLATES, "verify_code_sms_id": "SMS_1", "wechat_fields": mapping}
     put = await anonymous.fetch("/v1/config/templates", "PUT", json=body, key=ADMIN_KEY)
-    assert put.json() == {"code": 0, "err_msg": "", "data": body}
+    assert put.json() == {"code": 0, "err_msg": "", "data": {**body, "reminder_hour": 8}}
     get = await anonymous.fetch("/v1/config/templates", key=ADMIN_KEY)
-    assert get.json()["data"] == body
+    assert get.json()["data"] == {**body, "reminder_hour": 8}
 
 
 @pytest.mark.gen_test

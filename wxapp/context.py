@@ -79,8 +79,8 @@ class AppContext:
 
     async def _periodic(self, interval: float) -> None:
         while True:
-            for job in (self.revocations.sweep, self.visits.finish_deletions, self.outbox.sweep,
-                        self.visits.remove_koala_subjects):
+            for job in (self.revocations.sweep, self.visits.finish_deletions, self.visits.end_visits,
+                        self.outbox.sweep, self.visits.remove_koala_subjects):
                 try:
                     await job()
                 except Exception:  # one failed round must not end the loop
@@ -171,6 +171,7 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             stats=Stats(storage, visits, clock, config.tz),
         )
         await ctx.visits.ensure_longest_visit()
+        await ctx.visits.ensure_statuses()
         await ctx.pass_log.upgrade()
         await revocations.upgrade()
         await revocations.read_feed()

@@ -32,6 +32,10 @@ STATUS_TEXT = {
     "approval_pass_to_visitor": "已授权",
     "signin_to_visitor": "已签到",
     "visitor_signin_to_employee": "访客已签到",
+    "decline_to_visitor": "已拒绝",
+    "cancel_to_employee": "访客已取消",
+    "cancel_to_visitor": "已取消",
+    "visit_reminder_to_visitor": "今日来访",
 }
 # WeChat template fields when the admin has set no mapping: the classic keyword1…keyword4.
 DEFAULT_FIELDS = {
@@ -39,6 +43,10 @@ DEFAULT_FIELDS = {
     "approval_pass_to_visitor": ("visitor_name", "interviewee", "start_time", "status"),
     "signin_to_visitor": ("visitor_name", "interviewee", "start_time", "status"),
     "visitor_signin_to_employee": ("visitor_name", "visitor_phone", "start_time", "come_from"),
+    "decline_to_visitor": ("visitor_name", "interviewee", "start_time", "reason"),
+    "cancel_to_employee": ("visitor_name", "visitor_phone", "start_time", "status"),
+    "cancel_to_visitor": ("visitor_name", "interviewee", "start_time", "status"),
+    "visit_reminder_to_visitor": ("visitor_name", "interviewee", "start_time", "end_time"),
 }
 # The H5 page each message opens.
 PAGES = {
@@ -46,6 +54,10 @@ PAGES = {
     "approval_pass_to_visitor": "/h5/records/{id}",
     "signin_to_visitor": "/h5/records/{id}",
     "visitor_signin_to_employee": "/h5/records/{id}",
+    "decline_to_visitor": "/h5/records/{id}",
+    "cancel_to_employee": "/h5/records/{id}",
+    "cancel_to_visitor": "/h5/records/{id}",
+    "visit_reminder_to_visitor": "/h5/records/{id}",
 }
 
 
@@ -66,7 +78,7 @@ def template_values(event: str, record: dict, tz: ZoneInfo) -> dict[str, str]:
         "visitor_name": record["name"], "visitor_phone": record["phone"], "come_from": record.get("come_from", ""),
         "start_time": fmt(record["start_time"]), "end_time": fmt(record["end_time"]),
         "interviewee": record["interviewee"], "purpose": PURPOSES.get(record.get("purpose", 0), "其它"),
-        "status": STATUS_TEXT[event],
+        "status": STATUS_TEXT[event], "reason": record.get("decline_reason", ""),
     }
 
 
@@ -81,6 +93,8 @@ def sms_params(event: str, values: dict, url: str) -> dict:
     params = {"name": values["visitor_name"][:FIELD_LIMIT], "time": values["start_time"]}
     if event == "signin_to_visitor":
         params["url"] = url
+    if event == "decline_to_visitor":
+        params["reason"] = values["reason"][:FIELD_LIMIT] or "无"
     return params
 
 

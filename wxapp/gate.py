@@ -53,11 +53,14 @@ def cache_key(token: str) -> str:
     return f"qr:{token}"
 
 
-def decide(entry: dict | None, record_id: int | None, now: float) -> int:
+def decide(entry: dict | None, record_id: int | None, now: float, direction: str = "in") -> int:
     """The decision code for a cached entry, checked in the contract's order; a revoked token's
-    entry carries the code it is answered with (`c`)."""
+    entry carries the code it is answered with (`c`). Nobody is kept inside: a known token always
+    opens on the way out."""
     if not entry or entry.get("x") or (record_id is not None and record_id != entry.get("r")):
         return UNKNOWN
+    if direction == "out":
+        return OK
     if "c" in entry:
         return entry["c"]
     if entry.get("d") or not entry.get("a"):

@@ -22,6 +22,10 @@ RECIPIENT = {
     "approval_pass_to_visitor": "visitor",
     "signin_to_visitor": "visitor",
     "visitor_signin_to_employee": "employee",
+    "decline_to_visitor": "visitor",
+    "cancel_to_employee": "employee",
+    "cancel_to_visitor": "visitor",
+    "visit_reminder_to_visitor": "visitor",
 }
 assert set(RECIPIENT) == set(EVENTS)
 

@@ -147,17 +147,18 @@ class Revocations:
     # --- revoking -------------------------------------------------------------------------------
 
     async def revoke(self, record_id: int, reason: str, code: int, *, condition: dict | None = None,
-                     also: dict | None = None) -> dict | None:
+                     update: dict | None = None) -> dict | None:
         """Revoke a record's passes: the gate answers `code` for its tokens from now on, in every
-        process, once this returns. `condition` narrows which record states may be revoked, `also`
-        is set with it (a status, say). Returns the record as updated, or None when no record with
-        that id meets `condition` (nothing changed). Raises only when the commit itself failed."""
+        process, once this returns. `condition` narrows which record states may be revoked; `update`
+        is applied with it (a new status, its notifications). Returns the record as updated, or None
+        when no record with that id meets `condition` (nothing changed). Raises only when the commit
+        itself failed."""
         now = self.clock()
+        update = dict(update or {})
+        update["$set"] = {**update.get("$set", {}),
+                          "revoked": {"reason": reason, "code": code, "at": now}, "revoke_pending": True}
         record = await self.storage.records.find_one_and_update(
-            {"_id": record_id, **(condition or {})},
-            {"$set": {"revoked": {"reason": reason, "code": code, "at": now}, "revoke_pending": True, **(also or {})}},
-            return_document=ReturnDocument.AFTER,
-        )
+            {"_id": record_id, **(condition or {})}, update, return_document=ReturnDocument.AFTER)
         if record is None:
             return None
         committed = time.monotonic()

@@ -51,6 +51,8 @@ INDEXES = {
                            name="parties"),
         pymongo.IndexModel([("tokens", ASCENDING)], name="tokens"),
         pymongo.IndexModel([("pending_events", ASCENDING)], name="pending_events"),
+        # Open visits whose window is over (Visits.end_visits).
+        pymongo.IndexModel([("status", ASCENDING), ("end_time", ASCENDING)], name="status_end"),
         # Revocations a failure left half done (wxapp.revocation, Visits.finish_deletions).
         pymongo.IndexModel([("revoke_pending", ASCENDING)], name="revoke_pending", sparse=True),
         pymongo.IndexModel([("revoked.reason", ASCENDING)], name="revoked_reason", sparse=True),

@@ -6,7 +6,7 @@ import re
 from typing import Callable
 from urllib.parse import urlsplit
 
-from .events import EVENTS, TEMPLATE_ID_FIELDS, TEMPLATE_VALUES
+from .events import EVENTS, SEED_TEMPLATE_ID_FIELDS, TEMPLATE_ID_FIELDS, TEMPLATE_VALUES
 from .security import SecretBox
 from .storage import Storage
 from .validation import Field, Schema
@@ -56,9 +56,13 @@ SERVERS_SCHEMA = Schema(
           example="https://visit.example.com"),
 )
 
+DEFAULT_REMINDER_HOUR = 8
 TEMPLATES_SCHEMA = Schema(
-    *(Field(name, max_length=64, allow_empty=True, description="模板 ID，空字符串表示不发送该渠道")
+    *(Field(name, max_length=64, allow_empty=True, required=name in SEED_TEMPLATE_ID_FIELDS,
+            description="模板 ID，空字符串表示不发送该渠道" + ("" if name in SEED_TEMPLATE_ID_FIELDS else "；不传则保留原值"))
       for name in TEMPLATE_ID_FIELDS),
+    Field("reminder_hour", "integer", required=False, minimum=0, maximum=23,
+          description=f"来访当天几点提醒访客（0–23，默认 {DEFAULT_REMINDER_HOUR}）；不传则保留原值"),
     Field("verify_code_sms_id", required=False, max_length=64, allow_empty=True, description="绑定验证码短信模板 ID"),
     Field("wechat_fields", "object", required=False, check=_check_wechat_fields,
           description="每个事件的微信模板字段映射，如 {\"approval_pass_to_visitor\": {\"thing1\": \"visitor_name\"}}",
@@ -132,13 +136,14 @@ class SystemSettings:
         doc = await self._load("templates")
         data = {name: doc.get(name, "") for name in TEMPLATE_ID_FIELDS}
         data["verify_code_sms_id"] = doc.get("verify_code_sms_id", "")
+        data["reminder_hour"] = doc.get("reminder_hour", DEFAULT_REMINDER_HOUR)
         data["wechat_fields"] = doc.get("wechat_fields", {})
         return data
 
     async def save_templates(self, values: dict) -> dict:
         """Store the template ids; optional fields left out keep their stored values."""
-        update = {name: values[name] for name in TEMPLATE_ID_FIELDS}
-        for name in ("verify_code_sms_id", "wechat_fields"):
+        update = {name: values[name] for name in SEED_TEMPLATE_ID_FIELDS}
+        for name in (*TEMPLATE_ID_FIELDS, "verify_code_sms_id", "wechat_fields", "reminder_hour"):
             if name in values:
                 update[name] = values[name]
         update["updated_at"] = self.clock()

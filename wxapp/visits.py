@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo
 
 from .errors import ApiError, bad_request, conflict, not_found, upstream_failed
 from .gate import NO_PERMISSION, GateCache
+from .lifecycle import Transition, status_of
+from . import lifecycle
 from .images import Images, decode_photo
 from .koala import KoalaClient, KoalaError, find_employee
 from .outbox import Outbox
@@ -80,6 +82,7 @@ class Visits:
         self.outbox = outbox
         self.gate_cache = gate_cache
         self.revocations = revocations
+        self._exits: set[asyncio.Task] = set()
         self.settings = settings
         self.clock = clock
         self.tz = tz
@@ -98,12 +101,12 @@ class Visits:
             if values["proposer"] != own or values["phone"] != own:
                 raise ApiError(403, "访客申请时，申请人和访客手机号必须是本人绑定的手机号")
             department = await self._interviewee_department(values["interviewee"], values["interviewee_phone"])
-            is_auth, event = 0, "approval_reminder_to_employee"
+            is_auth, status, event = 0, lifecycle.PENDING, "approval_reminder_to_employee"
         else:
             if values["proposer"] != own or values["interviewee_phone"] != own:
                 raise ApiError(403, "员工邀约时，申请人和被访人手机号必须是本人绑定的手机号")
             department = binding.get("department", "")
-            is_auth, event = 1, "approval_pass_to_visitor"
+            is_auth, status, event = 1, lifecycle.APPROVED, "approval_pass_to_visitor"
         photo = await self._save_photo(values.get("photo"))
         retinues = []
         for item in values.get("retinues", []):
@@ -116,7 +119,7 @@ class Visits:
             "proposer": values["proposer"], "interviewee": values["interviewee"],
             "interviewee_phone": values["interviewee_phone"], "department": department,
             "start_time": start, "end_time": end, "photo": photo, "koala_id": 0, "token": "",
-            "retinues": retinues, "tokens": [], "is_auth": is_auth, "signin_time": 0,
+            "retinues": retinues, "tokens": [], "is_auth": is_auth, "status": status, "signin_time": 0,
             "phones": list(dict.fromkeys([values["phone"], *(r["phone"] for r in retinues)])),
             "parties": list(dict.fromkeys([values["proposer"], values["phone"]])),
             "created_by": binding["_id"], "create_time": int(self.clock()),
@@ -216,6 +219,9 @@ class Visits:
             ends_after = None
         if args.get("is_auth") is not None:
             checks.append(_equals("is_auth", args["is_auth"]))
+        if args.get("status"):
+            wanted, now = set(args["status"]), self.clock()
+            checks.append(lambda record: lifecycle.effective(record, now) in wanted)
         for name in ("name", "interviewee"):
             if args.get(name):
                 checks.append(_contains(name, args[name]))
@@ -224,7 +230,7 @@ class Visits:
     async def get(self, record_id: int) -> dict:
         """A record, or 404."""
         record = await self.storage.records.find_one({"_id": record_id})
-        if record is None:
+        if record is None or (record.get("revoked") or {}).get("reason") == "deleted":
             raise not_found("访客记录不存在")
         return record
 
@@ -233,21 +239,135 @@ class Visits:
     async def authorize(self, record_id: int, employee_phone: str | None) -> dict:
         """Authorize a record (the interviewee, or an admin when `employee_phone` is None)."""
         record = await self.get(record_id)
-        if employee_phone is not None and record["interviewee_phone"] != employee_phone:
-            raise ApiError(403, "只有被访员工本人可以授权该访客")
-        if record["is_auth"] == 1:
-            return record
-        if record["end_time"] <= self.clock():
+        self._check_interviewee(record, employee_phone, "授权")
+        if record["is_auth"] == 1 and status_of(record) not in (lifecycle.DECLINED, lifecycle.CANCELLED):
+            return record  # approved already (and maybe signed in since): nothing changes
+        if status_of(record) == lifecycle.PENDING and record["end_time"] <= self.clock():
             raise conflict("来访时间已过，无法授权")
-        updated = await self.storage.records.find_one_and_update(
-            {"_id": record_id, "is_auth": 0, "revoked": {"$exists": False}},
-            {"$set": {"is_auth": 1}, "$push": {"pending_events": "approval_pass_to_visitor"}},
-            return_document=True,
-        )
-        if updated is None:  # authorized by someone else at the same moment, or deleted
-            return await self.get(record_id)
-        await self.outbox.materialize(record_id)
-        return updated
+        return await self.transition(record, lifecycle.APPROVE, events=["approval_pass_to_visitor"],
+                                     also={"is_auth": 1})
+
+    @staticmethod
+    def _check_interviewee(record: dict, employee_phone: str | None, action: str) -> None:
+        if employee_phone is not None and record["interviewee_phone"] != employee_phone:
+            raise ApiError(403, f"只有被访员工本人可以{action}该访客")
+
+    # --- the course of a visit (CONTRACT §9) ------------------------------------------------------
+
+    async def transition(self, record: dict, move: Transition, *, events=(), also: dict | None = None) -> dict:
+        """Move a record along `move` by one conditional update, with the notifications it causes and,
+        when the move ends its passes, their revocation. Repeating a move that already happened
+        changes nothing; a move not allowed from the current status is a 409 naming that status (as
+        people see it: a visit whose window is over has ended)."""
+        return (await self._move(record, move, events=events, also=also))[0]
+
+    async def _move(self, record: dict, move: Transition, *, events=(), also: dict | None = None,
+                    ending: bool = False) -> tuple[dict, bool]:
+        """`transition`, and whether this call made the move (`ending`: the end of the window itself)."""
+        while True:
+            stored = status_of(record)
+            current = stored if ending else lifecycle.effective(record, self.clock())
+            if current == move.target:
+                return record, False
+            if current not in move.sources:
+                raise conflict(lifecycle.refusal(move, current))
+            update: dict = {"$set": {"status": move.target, **(also or {})}}
+            if events:
+                update["$push"] = {"pending_events": {"$each": list(events)}}
+            condition = {"status": stored, "revoked.reason": {"$ne": "deleted"}}
+            if move.gate_code is not None:
+                updated = await self.revocations.revoke(record["_id"], move.name, move.gate_code,
+                                                        condition=condition, update=update)
+            else:
+                updated = await self.storage.records.find_one_and_update(
+                    {"_id": record["_id"], **condition}, update, return_document=True)
+            if updated is not None:
+                break
+            record = await self.get(record["_id"])  # it changed meanwhile: judge again
+        if events:
+            await self.outbox.materialize(updated["_id"])
+        if move.target == lifecycle.CHECKED_OUT:
+            await self._queue_koala_cleanup(updated)
+        return updated, True
+
+    async def decline(self, record_id: int, employee_phone: str | None, reason: str) -> dict:
+        """The interviewee (or an admin, `employee_phone` None) declines a visit not signed in yet."""
+        record = await self.get(record_id)
+        self._check_interviewee(record, employee_phone, "拒绝")
+        return await self.transition(record, lifecycle.DECLINE, events=["decline_to_visitor"],
+                                     also={"decline_reason": reason, "declined_at": int(self.clock())})
+
+    async def cancel(self, record_id: int, binding: dict | None) -> dict:
+        """The proposer (or an admin, `binding` None) calls a visit off before sign-in; the other side
+        is told."""
+        record = await self.get(record_id)
+        if binding is not None and not (binding["phone"] == record["proposer"]
+                                        and record["created_by"] == binding["_id"]):
+            raise ApiError(403, "只有预约的申请人可以取消该预约")
+        by_visitor = binding is not None and binding["type"] == "visitor"
+        event = "cancel_to_employee" if by_visitor else "cancel_to_visitor"
+        return await self.transition(record, lifecycle.CANCEL, events=[event],
+                                     also={"cancelled_at": int(self.clock()),
+                                           "cancelled_by": "visitor" if by_visitor else
+                                           ("employee" if binding is not None else "admin")})
+
+    async def sign_out(self, phone: str) -> dict:
+        """Check out today's signed-in visit of a phone (the visitor's or a retinue's) at the kiosk."""
+        day_start, day_end = self._today()
+        candidates = await self.storage.records.find({"phones": phone, "start_time": {"$lt": day_end}}).to_list(None)
+        records = [r for r in candidates if r["end_time"] > day_start and status_of(r) in
+                   (lifecycle.SIGNED_IN, lifecycle.CHECKED_OUT) and (r.get("revoked") or {}).get("reason") != "deleted"]
+        if not records:
+            raise not_found("今天没有已签到的来访")
+        signed_in = [r for r in records if status_of(r) == lifecycle.SIGNED_IN]
+        record = min(signed_in or records, key=lambda r: (r["start_time"], r["_id"]))
+        return await self.transition(record, lifecycle.CHECK_OUT, also={"checkout_time": int(self.clock())})
+
+    def note_exit(self, record_id: int, person: int) -> None:
+        """An exit scan let a person out: remember it off the gate's path; the visit is checked out
+        once everyone of it has left."""
+        task = asyncio.get_running_loop().create_task(self._exit(record_id, person))
+        self._exits.add(task)
+        task.add_done_callback(self._exits.discard)
+
+    async def _exit(self, record_id: int, person: int) -> None:
+        try:
+            record = await self.storage.records.find_one_and_update(
+                {"_id": record_id, "status": lifecycle.SIGNED_IN}, {"$addToSet": {"exited": person}},
+                return_document=True)
+            if record is not None and len(set(record["exited"])) >= 1 + len(record["retinues"]):
+                await self.transition(record, lifecycle.CHECK_OUT, also={"checkout_time": int(self.clock())})
+        except Exception:  # the end of the visit window checks it out all the same
+            log.exception("exit of person %s of record %s not recorded", person, record_id)
+
+    async def end_visits(self, limit: int = 500) -> int:
+        """Move every open visit whose window is over to its end (checked out, no-show, expired);
+        safe in several processes at once, each record moved once."""
+        now = self.clock()
+        moved = 0
+        for status, move in lifecycle.AT_END.items():
+            due = await self.storage.records.find(
+                {"status": status, "end_time": {"$lte": now}}).sort("end_time", 1).to_list(limit)
+            for record in due:
+                if (record.get("revoked") or {}).get("reason") == "deleted":
+                    continue
+                also = {"checkout_time": int(record["end_time"])} if move is lifecycle.CHECK_OUT else None
+                try:
+                    moved += (await self._move(record, move, also=also, ending=True))[1]
+                except ApiError:  # moved on by someone else meanwhile
+                    pass
+        return moved
+
+    async def ensure_statuses(self) -> None:
+        """Give records stored before statuses existed their status, once."""
+        if await self.storage.counters.find_one({"_id": "record_statuses"}) is not None:
+            return
+        missing = {"status": {"$exists": False}}
+        await self.storage.records.update_many({**missing, "signin_time": {"$gt": 0}},
+                                               {"$set": {"status": lifecycle.SIGNED_IN}})
+        await self.storage.records.update_many({**missing, "is_auth": 1}, {"$set": {"status": lifecycle.APPROVED}})
+        await self.storage.records.update_many(missing, {"$set": {"status": lifecycle.PENDING}})
+        await self.storage.counters.update_one({"_id": "record_statuses"}, {"$set": {"done": True}}, upsert=True)
 
     # --- sign-in -----------------------------------------------------------------------------
 
@@ -258,7 +378,8 @@ class Visits:
         day_start, day_end = self._today()
         candidates = await self.storage.records.find({"phones": phone, "start_time": {"$lt": day_end}}).to_list(None)
         records = [r for r in candidates
-                   if r["is_auth"] == 1 and r["end_time"] > day_start and not r.get("revoked")]
+                   if status_of(r) in (lifecycle.APPROVED, lifecycle.SIGNED_IN) and r["end_time"] > day_start
+                   and (r.get("revoked") or {}).get("reason") != "deleted"]
         if not records:
             raise not_found("今天没有已审批的预约")
         now = self.clock()
@@ -313,8 +434,8 @@ class Visits:
             tokens[f"retinues.{i}.token"] = new_token(24)
         now = int(self.clock())
         updated = await self.storage.records.find_one_and_update(
-            {"_id": record["_id"], "signin_time": 0, "revoked": {"$exists": False}},
-            {"$set": {**tokens, "tokens": list(tokens.values()), "signin_time": now},
+            {"_id": record["_id"], "signin_time": 0, "status": lifecycle.APPROVED, "revoked": {"$exists": False}},
+            {"$set": {**tokens, "tokens": list(tokens.values()), "signin_time": now, "status": lifecycle.SIGNED_IN},
              "$push": {"pending_events": {"$each": ["signin_to_visitor", "visitor_signin_to_employee"]}}},
             return_document=True,
         )
@@ -344,14 +465,21 @@ class Visits:
     async def _finish_deletion(self, record: dict) -> None:
         record_id = record["_id"]
         await self.outbox.cancel(record_id)
-        koala_ids = [p["koala_id"] for p in [record, *record["retinues"]] if p.get("koala_id")]
-        if koala_ids:
-            await self.storage.koala_cleanup.update_one(
-                {"_id": f"record:{record_id}"},
-                {"$setOnInsert": {"subject_ids": koala_ids, "attempts": 0, "created_at": self.clock()}}, upsert=True)
+        await self._queue_koala_cleanup(record, now=False)
         await self.images.delete([record.get("photo")] + [p.get("photo") for p in record["retinues"]])
         await self.storage.records.delete_one({"_id": record_id, "revoked.reason": "deleted"})
-        if koala_ids:
+        await self.remove_koala_subjects()
+
+    async def _queue_koala_cleanup(self, record: dict, now: bool = True) -> None:
+        """Queue the removal of a record's Koala visitor subjects (the visit ended or is deleted); tried
+        at once when `now`, and by the periodic job until Koala confirms."""
+        koala_ids = [p["koala_id"] for p in [record, *record["retinues"]] if p.get("koala_id")]
+        if not koala_ids:
+            return
+        await self.storage.koala_cleanup.update_one(
+            {"_id": f"record:{record['_id']}"},
+            {"$setOnInsert": {"subject_ids": koala_ids, "attempts": 0, "created_at": self.clock()}}, upsert=True)
+        if now:
             await self.remove_koala_subjects()
 
     async def finish_deletions(self) -> int:
@@ -392,12 +520,8 @@ class Visits:
         return phone in (record["phone"], record["proposer"])
 
     def status(self, record: dict) -> str:
-        """待审批, 已授权, 已签到 or 已过期, as people read a record at a glance."""
-        if record["signin_time"]:
-            return "已签到"
-        if record["end_time"] <= self.clock():
-            return "已过期"
-        return "已授权" if record["is_auth"] else "待审批"
+        """The record's status as people read it at a glance, in Chinese."""
+        return lifecycle.LABELS[lifecycle.effective(record, self.clock())]
 
     def present(self, record: dict, cloud_url: str) -> dict:
         """A record as the seed's responses show it."""
@@ -420,7 +544,7 @@ class Visits:
             "proposer": record["proposer"], "interviewee": record["interviewee"],
             "interviewee_phone": record["interviewee_phone"], "department": record.get("department", ""),
             "start_time": record["start_time"], "end_time": record["end_time"], "group_ids": "",
-            "is_auth": record["is_auth"], "signin_time": record["signin_time"],
+            "is_auth": record["is_auth"], "status": lifecycle.effective(record, self.clock()), "signin_time": record["signin_time"],
             "create_time": record.get("create_time", 0),
             "retinues": [person(p) for p in record["retinues"]],
         }

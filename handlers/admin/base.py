@@ -35,12 +35,6 @@ DONE_MESSAGES = {
 }
 
 # How notifications read in the admin's language.
-EVENT_LABELS = {
-    "approval_reminder_to_employee": "审批提醒（员工）",
-    "approval_pass_to_visitor": "审批通过（访客）",
-    "signin_to_visitor": "签到成功（访客）",
-    "visitor_signin_to_employee": "访客已签到（员工）",
-}
 CHANNEL_LABELS = {"wechat": "微信模板消息", "sms": "短信"}
 OUTBOX_STATUS_LABELS = {"pending": "待发送", "sending": "发送中", "sent": "已发送", "failed": "发送失败",
                         "skipped": "已跳过", "cancelled": "已取消"}

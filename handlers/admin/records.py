@@ -8,12 +8,14 @@ from urllib.parse import parse_qsl, quote, urlencode
 from wxapp.errors import ApiError
 from wxapp.validation import normalize_phone
 from wxapp.visits import PURPOSES
+from wxapp.events import EVENT_LABELS
 
-from .base import CHANNEL_LABELS, EVENT_LABELS, OUTBOX_STATUS_LABELS, AdminPageHandler, mask_phone
+from .base import CHANNEL_LABELS, OUTBOX_STATUS_LABELS, AdminPageHandler, mask_phone
 
 PAGE_SIZE = 20
 FILTERS = ("name", "phone", "interviewee", "interviewee_phone", "start", "end", "is_auth")
-STATUS_STYLES = {"待审批": "warning", "已授权": "primary", "已签到": "success", "已过期": "secondary"}
+STATUS_STYLES = {"待审批": "warning", "已授权": "primary", "已签到": "success", "已签退": "secondary",
+                 "已拒绝": "danger", "已取消": "secondary", "未到访": "secondary", "已过期": "secondary"}
 CSV_COLUMNS = ["记录ID", "访客姓名", "访客手机", "随行人数", "随行人员", "访客单位", "来访目的", "被访人", "被访人手机",
                "部门", "开始时间", "结束时间", "状态", "签到时间", "申请时间", "备注"]
 

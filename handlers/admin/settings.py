@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 
 from wxapp.errors import ApiError
-from wxapp.events import EVENTS, TEMPLATE_VALUES
+from wxapp.events import EVENT_LABELS, EVENTS, TEMPLATE_VALUES
 from wxapp.koala import KoalaClient, KoalaError
 from wxapp.system_settings import (PASSWORD_MASK, SERVERS_SCHEMA, TEMPLATES_SCHEMA, KoalaAccount,
                                    koala_base_url)
 from wxapp.validation import Schema
 
-from .base import EVENT_LABELS, AdminPageHandler
+from .base import AdminPageHandler
 
 # The fields' names in error messages ("参数 koala_ip …" becomes "考拉主机地址…").
 LABELS = {
     "koala_ip": "考拉主机地址", "koala_username": "考拉用户名", "koala_password": "考拉密码",
     "cloud_url": "本系统对外网址", "verify_code_sms_id": "模板 ID", "wechat_fields": "微信模板字段映射",
+    "reminder_hour": "提醒时间",
 }
 SERVER_FIELDS = ("koala_ip", "koala_username", "koala_password", "cloud_url")
 KOALA_FIELDS = ("koala_ip", "koala_username", "koala_password")
@@ -122,7 +123,9 @@ class TemplatesHandler(SettingsPage):
             values["wechat_fields"] = json.loads(entered["wechat_fields"]) if entered["wechat_fields"] else {}
         except ValueError:
             errors["wechat_fields"] = "微信模板字段映射不是合法的 JSON"
-        names = tuple(name for name in TEMPLATE_FIELDS if name not in errors)
+        # An empty reminder hour keeps the stored one.
+        names = tuple(name for name in TEMPLATE_FIELDS
+                      if name not in errors and not (name == "reminder_hour" and not entered[name]))
         parsed, field_errors = check_fields(TEMPLATES_SCHEMA, values, names)
         errors.update(field_errors)
         if errors:

@@ -139,7 +139,12 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         """Deliver everything due now, the channels side by side; returns how many entries were handled."""
-        return sum(await asyncio.gather(*(self._drain(channel) for channel in CHANNELS)))
+        # Both lanes end before this returns, even when one fails, so a lane never outlives its round.
+        results = await asyncio.gather(*(self._drain(channel) for channel in CHANNELS), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return sum(results)
 
     async def _drain(self, channel: str) -> int:
         handled = 0

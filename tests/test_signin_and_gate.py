@@ -234,6 +234,21 @@ async def test_a_sign_in_slower_than_its_lock_keeps_it(approved_visit, anonymous
 
 
 @pytest.mark.gen_test
+async def test_a_subject_recorded_meanwhile_is_kept_and_the_surplus_one_removed(approved_visit, anonymous,
+                                                                               fakes, ctx):
+    rid = await approved_visit()
+    recorded = fakes.koala._add_subject(1, "张三", [], start_time=1, end_time=2)
+    fakes.koala.delay = 0.3
+    signing = asyncio.ensure_future(signin(anonymous, "13900000001"))
+    await asyncio.sleep(0.15)  # the visitor's create is under way; another sign-in records a subject
+    await ctx.storage.records.update_one({"_id": rid}, {"$set": {"koala_id": recorded["id"]}})
+    assert (await signing).json()["code"] == 0
+    ids = await koala_ids(ctx, rid)
+    assert ids[0] == recorded["id"]
+    assert sorted(v["id"] for v in fakes.koala.visitors()) == sorted(ids)
+
+
+@pytest.mark.gen_test
 async def test_no_approved_visit_today_is_404(bind_visitor, bind_employee, clock, anonymous):
     await bind_employee("o-e1", "李经理", "13800000002")
     visitor = await bind_visitor("o-v1", "13900000001")

@@ -320,7 +320,8 @@ class Visits:
                 raise upstream_failed(f"写入考拉系统失败：{exc.message}") from None
             # Set once: a person's subject, once recorded, is never replaced.
             saved = await self.storage.records.find_one_and_update(
-                {"_id": record["_id"], prefix + "koala_id": 0}, {"$set": {prefix + "koala_id": koala_id}},
+                {"_id": record["_id"], prefix + "koala_id": {"$in": [0, None]}},
+                {"$set": {prefix + "koala_id": koala_id}},
                 {"_id": 1})
             if saved is None:  # deleted meanwhile, or recorded by another sign-in: ours is surplus
                 await self._discard_subject(koala_id)

@@ -1,14 +1,15 @@
 """Delivering the outbox: WeChat template messages and SMS, none lost, none sent twice but for a
-send in flight when its process died (CONTRACT §6).
+send under way when its process died or one WeChat or Aliyun never answered (CONTRACT §6).
 
 An entry is claimed with a lease (`status` "sending", `due_at` = the lease's end) by one atomic
 update, so two processes never send the same one. The sender renews the lease while the send
 lasts, however slow WeChat or Aliyun answers; an entry whose sender died becomes due again when
 its lease ends, and is sent again: neither WeChat nor Aliyun takes an idempotency key, so a send
-that was under way at the crash may arrive twice. Each channel has one lane per process (one send
-in flight per channel), so a slow WeChat does not hold up SMS. A process remembers what it sent, so
-it never sends an entry twice itself, even when the write of the outcome is lost. Temporary
-failures are retried with exponential backoff; permanent ones are marked failed with the reason."""
+that was under way at the crash may arrive twice, as may one retried after a timeout. Each channel
+has one lane per process (one send in flight per channel), so a slow WeChat does not hold up SMS.
+A process remembers what it sent, so it never sends an entry twice itself, even when the write of
+the outcome is lost. Temporary failures are retried with exponential backoff; permanent ones are
+marked failed with the reason."""
 from __future__ import annotations
 
 import asyncio

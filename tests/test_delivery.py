@@ -186,3 +186,67 @@ async def test_a_restarted_server_delivers_what_was_pending(journey, ctx, config
     finally:
         await restarted.close()
     assert len(messages(fakes)) == len(set(messages(fakes))) == 8
+
+
+def worker(ctx, **kwargs) -> DeliveryWorker:
+    """Another delivery worker on the same outbox, as another server process runs one."""
+    return DeliveryWorker(ctx.storage, ctx.system_settings, ctx.wechat, ctx.sms, ctx.clock, ctx.config.tz, **kwargs)
+
+
+def template_requests(fakes) -> list[str]:
+    """The template id of every template message the local WeChat received, answered or not."""
+    return [r["json"]["template_id"] for r in fakes.wechat.requests_to("/cgi-bin/message/template/send")]
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_send_slower_than_its_lease_is_not_taken_by_another_worker(journey, ctx, fakes):
+    await journey(sign_in=False)
+    slow, other = worker(ctx, lease=0.3), worker(ctx, lease=0.3)
+    fakes.wechat.delay = 1.2
+    entry = await slow.claim("wechat")
+    sending = asyncio.ensure_future(slow.deliver(entry))
+    await asyncio.sleep(0.7)  # more than twice the lease
+    claimed = [await other.claim("wechat") for _ in range(3)]
+    assert entry["_id"] not in [c["_id"] for c in claimed if c]
+    await sending
+    assert (await ctx.storage.outbox.find_one({"_id": entry["_id"]}))["status"] == "sent"
+    await asyncio.sleep(1.3)  # whatever `other` claimed has arrived too
+    assert Counter(template_requests(fakes))[TEMPLATE_IDS[f"{entry['event']}_wechat_id"]] == 1
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_worker_does_not_take_again_what_it_is_sending(journey, ctx, fakes):
+    await journey(sign_in=False)
+    slow = worker(ctx, lease=0.3)
+    fakes.wechat.delay = 1.2
+    first = asyncio.ensure_future(slow.run_once())
+    await asyncio.sleep(0.7)
+    second = asyncio.ensure_future(slow.run_once())
+    await asyncio.gather(first, second)
+    assert len(template_requests(fakes)) == len(set(template_requests(fakes))) == 2
+    assert await ctx.storage.outbox.count_documents({"status": "sent"}) == 4
+
+
+@pytest.mark.gen_test
+async def test_a_worker_never_sends_again_what_it_sent_when_the_outcome_was_lost(journey, ctx, fakes, clock):
+    await journey(sign_in=False)
+    assert await ctx.delivery.run_once() == 4
+    # The database lost the outcome writes (as a store without durable writes does on a crash):
+    # the entries look claimed by this worker, with leases that ran out.
+    await ctx.storage.outbox.update_many({}, {"$set": {"status": "sending", "due_at": clock() - 1,
+                                                      "lease_owner": ctx.delivery.owner}})
+    assert await ctx.delivery.run_once() == 4
+    assert len(messages(fakes)) == 4
+    assert await ctx.storage.outbox.count_documents({"status": "sent"}) == 4
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_slow_wechat_does_not_hold_up_sms(journey, ctx, fakes):
+    await journey(sign_in=False)
+    fakes.wechat.delay = 1.0
+    delivering = asyncio.ensure_future(ctx.delivery.run_once())
+    await asyncio.sleep(0.6)
+    assert len([m for m in messages(fakes) if m[0] == "sms"]) == 2
+    assert fakes.wechat.templates_sent == []
+    assert await delivering == 4
+    assert len(messages(fakes)) == 4

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from tests.fakes.base import make_jpeg
-from wxapp.koala import KoalaClient, KoalaError, KoalaNotConfigured
+from wxapp.koala import KoalaClient, KoalaError, KoalaNotConfigured, SubjectMark
 
 
 async def configure(ctx, fakes, **overrides) -> None:
@@ -225,3 +225,40 @@ async def test_not_configured_koala_is_reported(ctx, fakes):
         await new_client(ctx).find_employee("张三", "13800138001")
     assert err.value.message == "考拉系统尚未配置"
     assert fakes.koala.requests == []
+
+
+@pytest.mark.gen_test
+async def test_a_marked_visitor_is_recognised_by_its_mark(ctx, fakes):
+    await configure(ctx, fakes)
+    ours, theirs = new_client(ctx), new_client(ctx)
+    ours.system, theirs.system = "0a1b2c3d", "ffff0000"
+    start, end = visit_window()
+    mark = ours.mark(42, 1, start)
+    subject_id = await ours.create_visitor(name="李四", phone="13700137000", start_time=start, end_time=end,
+                                           interviewee="张三", remark="面试", mark=mark)
+    assert fakes.koala.subjects[subject_id]["remark"] == f"{mark.text()} 面试"
+    await theirs.create_visitor(name="李四", phone="13700137001", start_time=start, end_time=end,
+                                interviewee="张三", mark=theirs.mark(42, 1, start))
+    await ours.create_visitor(name="李四光", phone="13700137002", start_time=start, end_time=end, interviewee="张三")
+    fakes.koala.add_employee("李四", "13800138001")
+    found = await ours.marked_visitors("李四")
+    assert [(s["id"], m) for s, m in found] == [(subject_id, mark)]
+    assert (mark.system, mark.record_id, mark.person, mark.at) == ("0a1b2c3d", 42, 1, start)
+    assert [s["name"] for s, _ in await theirs.marked_visitors()] == ["李四"]
+
+
+@pytest.mark.gen_test
+async def test_marked_visitors_are_read_page_by_page(koala, fakes):
+    start, end = visit_window()
+    for i in range(130):
+        fakes.koala._add_subject(1, f"访客{i}", [], start_time=start, end_time=end,
+                                 remark=koala.mark(i, 0, start).text())
+    assert sorted(m.record_id for _, m in await koala.marked_visitors()) == list(range(130))
+    assert [r["query"]["page"] for r in fakes.koala.requests_to("/mobile-admin/subjects/list")] == ["1", "2"]
+
+
+def test_a_remark_without_our_mark_is_not_taken_for_one():
+    assert SubjectMark.parse("前台登记") is None
+    assert SubjectMark.parse(None) is None
+    assert SubjectMark.parse("备注 访客预约#ab-1-0-5") is None  # only at the head
+    assert SubjectMark.parse("访客预约#ab-1-0-5 备注") == SubjectMark("ab", 1, 0, 5)

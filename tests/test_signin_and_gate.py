@@ -9,8 +9,9 @@ from PIL import Image
 
 from tests.conftest import ADMIN_KEY, GATE_KEY, KIOSK_KEY
 from tests.test_visits import RETINUES, application
-from wxapp import gate, security
+from wxapp import gate, security, visits
 from wxapp.context import build_context
+from wxapp.koala import SubjectMark
 from wxapp.nearcache import NearCache
 
 HOUR = 3600
@@ -109,6 +110,142 @@ async def test_koala_failing_midway_is_502_and_a_retry_reuses_what_was_created(a
     ok = await signin(anonymous, "13900000001")
     assert ok.json()["code"] == 0
     assert len(fakes.koala.visitors()) == 3
+
+
+async def koala_ids(ctx, rid) -> list[int]:
+    """The Koala subject id recorded for each person of a record, the visitor first."""
+    record = await ctx.storage.records.find_one({"_id": rid})
+    return [p["koala_id"] for p in [record, *record["retinues"]]]
+
+
+async def until_visitors(fakes, n: int) -> None:
+    """Wait (keeping the fakes turning) until the local Koala holds `n` visitor subjects."""
+    for _ in range(100):
+        if len(fakes.koala.visitors()) == n:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"Koala holds {len(fakes.koala.visitors())} visitors, not {n}")
+
+
+@pytest.mark.config(http_timeout=1.0)
+@pytest.mark.gen_test
+async def test_a_create_answered_after_the_timeout_leaves_one_subject_per_person_after_a_retry(
+        approved_visit, anonymous, fakes, ctx):
+    rid = await approved_visit()
+    fakes.koala.delay = 1.5
+    assert (await signin(anonymous, "13900000001")).status == 502
+    fakes.koala.delay = 0
+    await until_visitors(fakes, 1)  # Koala made the subject after the sign-in gave up on it
+    ok = await signin(anonymous, "13900000001")
+    assert ok.json()["code"] == 0
+    assert sorted(v["id"] for v in fakes.koala.visitors()) == sorted(await koala_ids(ctx, rid))
+    assert sorted(v["phone"] for v in fakes.koala.visitors()) == ["13700000011", "13700000012", "13900000001"]
+
+
+@pytest.mark.config(http_timeout=1.0)
+@pytest.mark.gen_test
+async def test_a_retry_before_the_late_create_lands_leaves_a_duplicate_the_reconciliation_removes(
+        approved_visit, anonymous, fakes, ctx):
+    rid = await approved_visit()
+    fakes.koala.delay = 1.5
+    assert (await signin(anonymous, "13900000001")).status == 502
+    fakes.koala.delay = 0
+    assert (await signin(anonymous, "13900000001")).json()["code"] == 0
+    await until_visitors(fakes, 4)  # the first create lands after the retry
+    assert await ctx.visits.reconcile_koala_subjects() == 1
+    assert sorted(v["id"] for v in fakes.koala.visitors()) == sorted(await koala_ids(ctx, rid))
+
+
+@pytest.mark.gen_test
+async def test_a_dropped_create_answer_leaves_one_subject_per_person_after_a_retry(approved_visit, anonymous,
+                                                                                  fakes, ctx):
+    rid = await approved_visit()
+    fakes.koala.drop_answers(1, method="POST", path="/subject")
+    failed = await signin(anonymous, "13900000001")
+    assert failed.status == 502 and "考拉" in failed.json()["err_msg"]
+    assert len(fakes.koala.visitors()) == 1
+    assert (await signin(anonymous, "13900000001")).json()["code"] == 0
+    assert sorted(v["id"] for v in fakes.koala.visitors()) == sorted(await koala_ids(ctx, rid))
+    assert await ctx.visits.reconcile_koala_subjects() == 0
+
+
+@pytest.mark.gen_test
+async def test_the_subjects_this_system_creates_carry_its_mark(approved_visit, anonymous, fakes, ctx):
+    rid = await approved_visit()
+    await signin(anonymous, "13900000001")
+    marks = [SubjectMark.parse(v["remark"]) for v in fakes.koala.visitors()]
+    assert {(m.system, m.record_id, m.person) for m in marks} == {(ctx.koala.system, rid, i) for i in range(3)}
+
+
+@pytest.mark.gen_test
+async def test_reconciliation_removes_our_orphans_after_a_grace_period_and_nothing_else(
+        approved_visit, anonymous, fakes, ctx, clock):
+    rid = await approved_visit()
+    fakes.koala.drop_answers(1, method="POST", path="/subject")
+    assert (await signin(anonymous, "13900000001")).status == 502  # nobody tries again
+    orphan = fakes.koala.visitors()[0]
+    # Subjects this system did not create: an employee, a visitor made by hand, another system's.
+    fakes.koala.add_employee("王五", "13800000009")
+    fakes.koala._add_subject(1, "手工访客", [], start_time=1, end_time=2, remark="前台登记")
+    fakes.koala._add_subject(1, "别家访客", [], start_time=1, end_time=2,
+                             remark=SubjectMark("0000beef", rid, 1, int(clock()) - 7200).text())
+    # One of ours whose record is gone.
+    gone = await ctx.koala.create_visitor(name="已删访客", phone="13900000077", start_time=int(clock()),
+                                          end_time=int(clock()) + HOUR, interviewee="李经理",
+                                          mark=ctx.koala.mark(rid + 1000, 0, clock()))
+    before = {s["id"] for s in fakes.koala.subjects.values()}
+    assert await ctx.visits.reconcile_koala_subjects() == 1  # the orphan may still be recorded by its sign-in
+    assert {s["id"] for s in fakes.koala.subjects.values()} == before - {gone}
+    clock.advance(601)
+    assert await asyncio.gather(ctx.visits.reconcile_koala_subjects(), ctx.visits.reconcile_koala_subjects()) \
+        in ([1, 0], [0, 1], [1, 1])  # two processes at once
+    assert {s["id"] for s in fakes.koala.subjects.values()} == before - {gone, orphan["id"]}
+    assert await koala_ids(ctx, rid) == [0, 0, 0]
+
+
+@pytest.mark.gen_test
+async def test_reconciliation_keeps_what_records_own_and_waits_out_koala_trouble(approved_visit, anonymous,
+                                                                                 fakes, ctx, clock):
+    await approved_visit()
+    await signin(anonymous, "13900000001")
+    clock.advance(601)
+    assert await ctx.visits.reconcile_koala_subjects() == 0
+    assert len(fakes.koala.visitors()) == 3
+    fakes.koala.fail_next(1, status=503)
+    assert await ctx.visits.reconcile_koala_subjects() == 0
+    await ctx.system_settings.save_servers({"koala_ip": "", "koala_username": "", "koala_password": "",
+                                            "cloud_url": "https://visit.example.com"})
+    fakes.koala.reset()
+    assert await ctx.visits.reconcile_koala_subjects() == 0
+    assert fakes.koala.requests == []
+
+
+@pytest.mark.gen_test
+async def test_a_sign_in_slower_than_its_lock_keeps_it(approved_visit, anonymous, fakes, ctx, monkeypatch):
+    rid = await approved_visit()
+    monkeypatch.setattr(visits, "SIGNIN_LOCK_TTL", 1)
+    fakes.koala.delay = 0.6  # three people: 1.8 s in Koala
+    first = asyncio.ensure_future(signin(anonymous, "13900000001"))
+    await asyncio.sleep(0.5)
+    second = await signin(anonymous, "13700000011")
+    assert second.status == 409  # the first kiosk still holds the record
+    assert (await first).json()["code"] == 0
+    assert sorted(v["id"] for v in fakes.koala.visitors()) == sorted(await koala_ids(ctx, rid))
+
+
+@pytest.mark.gen_test
+async def test_a_subject_recorded_meanwhile_is_kept_and_the_surplus_one_removed(approved_visit, anonymous,
+                                                                               fakes, ctx):
+    rid = await approved_visit()
+    recorded = fakes.koala._add_subject(1, "张三", [], start_time=1, end_time=2)
+    fakes.koala.delay = 0.3
+    signing = asyncio.ensure_future(signin(anonymous, "13900000001"))
+    await asyncio.sleep(0.15)  # the visitor's create is under way; another sign-in records a subject
+    await ctx.storage.records.update_one({"_id": rid}, {"$set": {"koala_id": recorded["id"]}})
+    assert (await signing).json()["code"] == 0
+    ids = await koala_ids(ctx, rid)
+    assert ids[0] == recorded["id"]
+    assert sorted(v["id"] for v in fakes.koala.visitors()) == sorted(ids)
 
 
 @pytest.mark.gen_test

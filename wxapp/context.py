@@ -22,7 +22,7 @@ from .koala import KoalaClient
 from .nearcache import NearCache
 from .outbox import Outbox
 from .revocation import Revocations
-from .security import SecretBox
+from .security import SecretBox, derive_key
 from .sms import SmsSender
 from .stats import Stats
 from .storage import Storage
@@ -80,7 +80,7 @@ class AppContext:
     async def _periodic(self, interval: float) -> None:
         while True:
             for job in (self.revocations.sweep, self.visits.finish_deletions, self.visits.end_visits,
-                        self.outbox.sweep, self.visits.remove_koala_subjects):
+                        self.outbox.sweep, self.visits.remove_koala_subjects, self.visits.reconcile_koala_subjects):
                 try:
                     await job()
                 except Exception:  # one failed round must not end the loop
@@ -121,7 +121,8 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
         await storage.ensure_indexes()
         system_settings = SystemSettings(storage, SecretBox(config.secret_key), clock)
         wechat_users = WeChatUsers(storage, clock)
-        koala = KoalaClient(system_settings.koala_account, redis, timeout=config.http_timeout)
+        koala = KoalaClient(system_settings.koala_account, redis, timeout=config.http_timeout,
+                            system=derive_key(config.secret_key, "koala-subject-mark")[:4].hex())
         images = Images(storage, clock)
         sms = SmsSender(config, executor)
 

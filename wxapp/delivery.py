@@ -1,17 +1,25 @@
-"""Delivering the outbox: WeChat template messages and SMS, each exactly once, eventually (CONTRACT §6).
+"""Delivering the outbox: WeChat template messages and SMS, none lost, none sent twice but for a
+send under way when its process died or one WeChat or Aliyun never answered (CONTRACT §6).
 
 An entry is claimed with a lease (`status` "sending", `due_at` = the lease's end) by one atomic
-update, so two processes never send the same one, and an entry whose sender died becomes due
-again when its lease ends. Temporary failures are retried with exponential backoff; permanent
-ones are marked failed with the reason."""
+update, so two processes never send the same one. The sender renews the lease while the send
+lasts, however slow WeChat or Aliyun answers; an entry whose sender died becomes due again when
+its lease ends, and is sent again: neither WeChat nor Aliyun takes an idempotency key, so a send
+that was under way at the crash may arrive twice, as may one retried after a timeout. Each channel
+has one lane per process (one send in flight per channel), so a slow WeChat does not hold up SMS.
+A process remembers what it sent, so it never sends an entry twice itself, even when the write of
+the outcome is lost. Temporary failures are retried with exponential backoff; permanent ones are
+marked failed with the reason."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import logging
 from typing import Callable
 from zoneinfo import ZoneInfo
 
+from .events import CHANNELS
 from .security import new_token
 from .sms import SmsError, SmsSender, mask_phone
 from .storage import ReturnDocument, Storage
@@ -26,6 +34,7 @@ log = logging.getLogger(__name__)
 PERMANENT_WECHAT = {43004, 43101, 40003, 40036, 40037, 47001, 47003, 41028, 41029}
 FIELD_LIMIT = 20  # characters WeChat keeps of each template field
 MAX_ATTEMPTS = 12
+REMEMBER_SENT = 10_000  # ids of sent entries a process keeps, to never send one twice itself
 
 STATUS_TEXT = {
     "approval_reminder_to_employee": "待审批",
@@ -102,7 +111,7 @@ class DeliveryWorker:
     """Claims due outbox entries and sends them; several may run in several processes."""
 
     def __init__(self, storage: Storage, settings: SystemSettings, wechat: WeChatApi, sms: SmsSender,
-                 clock: Callable[[], float], tz: ZoneInfo, *, lease: float = 60.0, retry_base: float = 5.0,
+                 clock: Callable[[], float], tz: ZoneInfo, *, lease: float = 15.0, retry_base: float = 5.0,
                  poll: float = 1.0):
         self.storage = storage
         self.settings = settings
@@ -115,17 +124,26 @@ class DeliveryWorker:
         self.poll = poll
         self.owner = new_token(9)
         self._wakeup = asyncio.Event()
+        self._in_flight: set[str] = set()
+        # Entries this process sent, with the outcome to write again should the first write be lost.
+        self._sent: collections.OrderedDict[str, dict] = collections.OrderedDict()
 
     def wake(self) -> None:
         """New entries were written: look now instead of at the next poll."""
         self._wakeup.set()
 
-    async def claim(self) -> dict | None:
-        """Take one due entry for this worker (a new one, or one whose sender's lease ran out), or None."""
+    async def claim(self, channel: str | None = None) -> dict | None:
+        """Take one due entry (of `channel`, or any) for this worker: a new one, or one whose sender's
+        lease ran out; never one this process is sending. None when nothing is due."""
         now = self.clock()
+        query: dict = {"due_at": {"$lte": now}}
+        if channel is not None:
+            query["channel"] = channel
+        if self._in_flight:
+            query["_id"] = {"$nin": sorted(self._in_flight)}
         for status in ("pending", "sending"):
             entry = await self.storage.outbox.find_one_and_update(
-                {"status": status, "due_at": {"$lte": now}},
+                {**query, "status": status},
                 {"$set": {"status": "sending", "due_at": now + self.lease, "lease_owner": self.owner},
                  "$inc": {"attempts": 1}},
                 sort=[("due_at", 1)], return_document=ReturnDocument.AFTER,
@@ -135,9 +153,17 @@ class DeliveryWorker:
         return None
 
     async def run_once(self) -> int:
-        """Deliver everything due now; returns how many entries were handled."""
+        """Deliver everything due now, the channels side by side; returns how many entries were handled."""
+        # Both lanes end before this returns, even when one fails, so a lane never outlives its round.
+        results = await asyncio.gather(*(self._drain(channel) for channel in CHANNELS), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return sum(results)
+
+    async def _drain(self, channel: str) -> int:
         handled = 0
-        while (entry := await self.claim()) is not None:
+        while (entry := await self.claim(channel)) is not None:
             await self.deliver(entry)
             handled += 1
         return handled
@@ -158,26 +184,64 @@ class DeliveryWorker:
                 pass
 
     async def deliver(self, entry: dict) -> None:
-        """Send one claimed entry and record the outcome."""
+        """Send one claimed entry and record the outcome, holding the lease until it is recorded."""
+        entry_id = entry["_id"]
+        if entry_id in self._sent:  # sent already, but the outcome never reached the database
+            log.warning("notification %s was sent already: recording it, not sending again", entry_id)
+            await self._finish(entry, self._sent[entry_id])
+            return
+        self._in_flight.add(entry_id)
+        keeper = asyncio.create_task(self._keep_lease(entry_id))
+        try:
+            fields = await self._attempt(entry)
+            if fields["status"] == "sent":
+                self._sent[entry_id] = fields
+                while len(self._sent) > REMEMBER_SENT:
+                    self._sent.popitem(last=False)
+            await self._finish(entry, fields)
+        finally:
+            keeper.cancel()
+            self._in_flight.discard(entry_id)
+
+    async def _attempt(self, entry: dict) -> dict:
+        """Send an entry; the fields that record the outcome."""
         try:
             outcome = await self._send(entry)
         except Permanent as exc:
-            await self._finish(entry, {"status": "failed", "last_error": str(exc)})
             log.warning("notification %s failed for good: %s", entry["_id"], exc)
-            return
+            return {"status": "failed", "last_error": str(exc)}
         except Temporary as exc:
             if entry["attempts"] >= MAX_ATTEMPTS:
-                await self._finish(entry, {"status": "failed", "last_error": f"重试 {MAX_ATTEMPTS} 次仍失败：{exc}"})
-                return
+                return {"status": "failed", "last_error": f"重试 {MAX_ATTEMPTS} 次仍失败：{exc}"}
             delay = min(self.retry_base * 2 ** (entry["attempts"] - 1), 3600)
-            await self._finish(entry, {"status": "pending", "due_at": self.clock() + delay, "last_error": str(exc)})
             log.info("notification %s will be retried in %.0fs: %s", entry["_id"], delay, exc)
-            return
-        await self._finish(entry, {"status": outcome, "sent_at": self.clock(), "last_error": ""})
+            return {"status": "pending", "due_at": self.clock() + delay, "last_error": str(exc)}
+        return {"status": outcome, "sent_at": self.clock(), "last_error": ""}
+
+    async def _keep_lease(self, entry_id: str) -> None:
+        """Push the lease's end forward while the send lasts, so no other process takes the entry."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                await self.storage.outbox.update_one(
+                    {"_id": entry_id, "status": "sending", "lease_owner": self.owner},
+                    {"$set": {"due_at": self.clock() + self.lease}})
+            except Exception as exc:  # the database may be briefly away; the next renewal may pass
+                log.warning("lease of notification %s not renewed: %s", entry_id, exc)
 
     async def _finish(self, entry: dict, fields: dict) -> None:
-        # Only the lease holder records the outcome.
-        await self.storage.outbox.update_one({"_id": entry["_id"], "lease_owner": self.owner}, {"$set": fields})
+        # Only the lease holder records the outcome. A failed write is tried again a few times while
+        # the lease is held; should it still fail, `_sent` keeps this process from sending again.
+        for pause in (0.2, 1.0, 3.0, None):
+            try:
+                await self.storage.outbox.update_one({"_id": entry["_id"], "lease_owner": self.owner},
+                                                     {"$set": fields})
+                return
+            except Exception:
+                if pause is None:
+                    raise
+                log.warning("outcome of notification %s not recorded yet, trying again", entry["_id"])
+                await asyncio.sleep(pause)
 
     async def _send(self, entry: dict) -> str:
         record = await self.storage.records.find_one({"_id": entry["record_id"]})

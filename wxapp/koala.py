@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
 import re
 import uuid
 from http.cookies import CookieError, SimpleCookie
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
@@ -22,6 +23,31 @@ SESSION_TTL = 3600  # seconds a Koala session cookie is reused before logging in
 PAGE_SIZE = 100
 MAX_PAGES = 100  # guards against a Koala that ignores `page` and never reports a total
 UNAVAILABLE = "考拉系统暂时无法访问"
+_MARK = re.compile(r"访客预约#([0-9a-f]*)-(\d+)-(\d+)-(\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class SubjectMark:
+    """What this system writes at the head of the `remark` of every visitor subject it creates, so the
+    subject can be recognised later as ours, and as which person (0 the visitor, then the retinues) of
+    which record, created when: after a create whose answer never came, and by the reconciliation."""
+
+    system: str
+    record_id: int
+    person: int
+    at: int
+
+    def text(self) -> str:
+        """The mark as written into Koala."""
+        return f"访客预约#{self.system}-{self.record_id}-{self.person}-{self.at}"
+
+    @classmethod
+    def parse(cls, remark) -> "SubjectMark | None":
+        """The mark at the head of a subject's remark, or None."""
+        found = _MARK.match(remark) if isinstance(remark, str) else None
+        if found is None:
+            return None
+        return cls(found.group(1), int(found.group(2)), int(found.group(3)), int(found.group(4)))
 
 
 class KoalaError(Exception):
@@ -52,33 +78,61 @@ def normalize_phone(phone: str) -> str:
 class KoalaClient:
     """Calls Koala with a login session shared by every server process through Redis."""
 
-    def __init__(self, account: Callable[[], Awaitable[KoalaAccount | None]], redis, *, timeout: float = 10.0):
+    def __init__(self, account: Callable[[], Awaitable[KoalaAccount | None]], redis, *, timeout: float = 10.0,
+                 system: str = ""):
         self._account = account
         self._redis = redis
         self.timeout = timeout
+        # Names this installation in the marks of the subjects it creates (see SubjectMark), so
+        # another system sharing the Koala never takes our subjects for its own, nor we theirs.
+        self.system = system
         self._login_lock = asyncio.Lock()
+
+    def mark(self, record_id: int, person: int, at: float) -> SubjectMark:
+        """The mark of a subject this system is about to create for a person of a record."""
+        return SubjectMark(self.system, record_id, person, int(at))
 
     async def find_employee(self, name: str, phone: str) -> dict | None:
         """The employee whose name is exactly `name` and whose phone is `phone`, or None."""
         name, wanted = name.strip(), normalize_phone(phone)
         if not name or not wanted:
             return None
+        async for subject in self._subjects("employee", name):
+            if (subject.get("name") or "").strip() == name and normalize_phone(subject.get("phone")) == wanted:
+                return subject
+        return None
+
+    async def marked_visitors(self, name: str = "") -> list[tuple[dict, SubjectMark]]:
+        """The visitor subjects this system created (those whose name contains `name`, when given),
+        each with its mark."""
+        found = []
+        async for subject in self._subjects("visitor", name):
+            mark = SubjectMark.parse(subject.get("remark"))
+            if mark is not None and mark.system == self.system and subject.get("id") is not None:
+                found.append((subject, mark))
+        return found
+
+    async def _subjects(self, category: str, name: str = "") -> AsyncIterator[dict]:
+        """The subjects of a category, page by page, optionally those whose name contains `name`."""
         for page in range(1, MAX_PAGES + 1):
-            query = urlencode({"category": "employee", "name": name, "page": page, "size": PAGE_SIZE})
-            data = await self._call("GET", "/mobile-admin/subjects/list?" + query)
+            params = {"category": category, "page": page, "size": PAGE_SIZE}
+            if name:
+                params["name"] = name
+            data = await self._call("GET", "/mobile-admin/subjects/list?" + urlencode(params))
             items = data.get("data") or []
             for subject in items:
-                if (subject.get("name") or "").strip() == name and normalize_phone(subject.get("phone")) == wanted:
-                    return subject
+                yield subject
             total = (data.get("page") or {}).get("total")
             if not items or (len(items) < PAGE_SIZE if total is None else page >= int(total)):
                 break
-        return None
 
     async def create_visitor(self, *, name: str, phone: str, start_time: int, end_time: int, interviewee: str,
                              come_from: str = "", purpose: int = 0, remark: str = "",
-                             photo: bytes | None = None) -> int:
-        """Create a visitor subject allowed in from `start_time` to `end_time`; returns its id."""
+                             photo: bytes | None = None, mark: SubjectMark | None = None) -> int:
+        """Create a visitor subject allowed in from `start_time` to `end_time`, with `mark` at the head of
+        its remark; returns its id."""
+        if mark is not None:
+            remark = f"{mark.text()} {remark}".rstrip()
         photo_ids = []
         if photo:
             boundary = uuid.uuid4().hex

@@ -14,7 +14,7 @@ from .gate import NO_PERMISSION, GateCache
 from .lifecycle import Transition, status_of
 from . import lifecycle
 from .images import Images, decode_photo
-from .koala import KoalaClient, KoalaError, find_employee
+from .koala import KoalaClient, KoalaError, KoalaNotConfigured, find_employee
 from .outbox import Outbox
 from .paging import page_of
 from .revocation import Revocations
@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 PURPOSES = {0: "其它", 1: "面试", 2: "商务", 3: "亲友", 4: "快递送货"}
 SORT = [("start_time", -1), ("_id", -1)]
 SIGNIN_LOCK_TTL = 60
+# Extends the sign-in lock only for its holder, so a sign-in slower than the TTL keeps it.
+_HOLD_LOCK = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) "
+              "end return 0")
+# How long a Koala subject of ours that no record owns is left alone, in case the sign-in that
+# created it is about to record it (far longer than one Koala create may take).
+KOALA_ORPHAN_GRACE = 600
 
 
 def epoch(value, tz: ZoneInfo) -> int:
@@ -406,29 +412,47 @@ class Visits:
             record = await self.get(record["_id"])
             if record["signin_time"]:
                 return record
-            return await self._sign_in_locked(record)
+            return await self._sign_in_locked(record, lock, owner)
         finally:
             if await self.redis.get(lock) == owner:
                 await self.redis.delete(lock)
 
-    async def _sign_in_locked(self, record: dict) -> dict:
-        people = [("", record)] + [(f"retinues.{i}.", p) for i, p in enumerate(record["retinues"])]
-        for prefix, person in people:
+    async def _sign_in_locked(self, record: dict, lock: str, owner: str) -> dict:
+        people = [record, *record["retinues"]]
+        for index, person in enumerate(people):
             if person.get("koala_id"):
                 continue  # created by an earlier attempt that failed later: reuse it
+            if not await self.redis.eval(_HOLD_LOCK, 1, lock, owner, SIGNIN_LOCK_TTL):
+                raise ApiError(409, "该预约正在签到，请稍后再试")
+            prefix = f"retinues.{index - 1}." if index else ""
             photo = (await self.images.get(person["photo"]))[0] if person.get("photo") else None
+            mark = self.koala.mark(record["_id"], index, self.clock())
             try:
+                if person.get("koala_mark"):
+                    # An earlier create failed or its answer never came: Koala may have made the
+                    # subject all the same. Remove it before making this person's only one.
+                    await self._remove_marked(record["_id"], index, person["name"])
+                await self.storage.records.update_one({"_id": record["_id"]},
+                                                      {"$set": {prefix + "koala_mark": mark.text()}})
                 koala_id = await self.koala.create_visitor(
                     name=person["name"], phone=person["phone"], start_time=record["start_time"],
                     end_time=record["end_time"], interviewee=record["interviewee"],
                     come_from=record["come_from"], purpose=record["purpose"], remark=record["remark"],
-                    photo=photo,
+                    photo=photo, mark=mark,
                 )
             except KoalaError as exc:
                 log.warning("sign-in of record %s stopped: %s", record["_id"], exc.message)
                 raise upstream_failed(f"写入考拉系统失败：{exc.message}") from None
+            # Set once: a person's subject, once recorded, is never replaced.
+            saved = await self.storage.records.find_one_and_update(
+                {"_id": record["_id"], prefix + "koala_id": {"$in": [0, None]}},
+                {"$set": {prefix + "koala_id": koala_id}},
+                {"_id": 1})
+            if saved is None:  # deleted meanwhile, or recorded by another sign-in: ours is surplus
+                await self._discard_subject(koala_id)
+                record = await self.get(record["_id"])
+                return record if record["signin_time"] else await self._sign_in_locked(record, lock, owner)
             person["koala_id"] = koala_id
-            await self.storage.records.update_one({"_id": record["_id"]}, {"$set": {prefix + "koala_id": koala_id}})
         tokens = {"token": new_token(24)}
         for i in range(len(record["retinues"])):
             tokens[f"retinues.{i}.token"] = new_token(24)
@@ -447,6 +471,53 @@ class Visits:
         await self.gate_cache.publish(updated)
         await self.outbox.materialize(updated["_id"])
         return updated
+
+    async def _remove_marked(self, record_id: int, person: int, name: str) -> None:
+        """Delete the subjects Koala holds for one person of a record (raises KoalaError)."""
+        for subject, mark in await self.koala.marked_visitors(name):
+            if (mark.record_id, mark.person) == (record_id, person):
+                log.info("removing Koala subject %s left by a failed sign-in of record %s", subject["id"], record_id)
+                await self.koala.delete_subject(subject["id"])
+
+    async def _discard_subject(self, subject_id: int) -> None:
+        try:
+            await self.koala.delete_subject(subject_id)
+        except KoalaError as exc:  # the reconciliation removes it later
+            log.warning("surplus Koala subject %s not deleted yet: %s", subject_id, exc.message)
+
+    async def reconcile_koala_subjects(self) -> int:
+        """Delete the visitor subjects this system created in Koala that no record owns: a person's
+        second subject, or one of a record that is gone; one whose person has none recorded only
+        after KOALA_ORPHAN_GRACE, as a sign-in may be about to record it. Safe in several processes at
+        once. Returns how many were deleted."""
+        try:
+            marked = await self.koala.marked_visitors()
+        except KoalaNotConfigured:
+            return 0
+        except KoalaError as exc:
+            log.warning("Koala subjects not reconciled: %s", exc.message)
+            return 0
+        owners: dict[int, list[int]] = {}
+        ids = sorted({mark.record_id for _, mark in marked})
+        for i in range(0, len(ids), 500):
+            async for record in self.storage.records.find({"_id": {"$in": ids[i:i + 500]}},
+                                                          {"koala_id": 1, "retinues.koala_id": 1}):
+                owners[record["_id"]] = [p.get("koala_id", 0) for p in [record, *record.get("retinues", [])]]
+        now, deleted = self.clock(), 0
+        for subject, mark in marked:
+            people = owners.get(mark.record_id, [])
+            owner = people[mark.person] if mark.person < len(people) else None
+            if owner == subject["id"] or (owner == 0 and now - mark.at < KOALA_ORPHAN_GRACE):
+                continue
+            try:
+                await self.koala.delete_subject(subject["id"])
+            except KoalaError as exc:
+                log.warning("orphaned Koala subject %s not deleted yet: %s", subject["id"], exc.message)
+                continue
+            log.info("deleted Koala subject %s of record %s person %s: no record owns it",
+                     subject["id"], mark.record_id, mark.person)
+            deleted += 1
+        return deleted
 
     # --- deletion ----------------------------------------------------------------------------
 

@@ -32,6 +32,18 @@ class FakeHandler(tornado.web.RequestHandler):
             status = self.fake._failures.pop(0)
             self.reply(self.fake.error_body(status, "injected failure"), status)
 
+    def finish(self, chunk=None):
+        """Answer, unless the fake is to drop this answer: then the work is done but the connection is
+        closed without a reply, as when a network or a proxy loses the answer."""
+        if self.injectable and self.fake._take_drop(self.request):
+            self.entry["status"] = "dropped"
+            self.fake.log.info("dropped the answer to %s %s", self.request.method, self.request.uri)
+            self.detach().close()
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return super().finish(chunk)
+
     def check_xsrf_cookie(self):
         """The real services know nothing of Tornado's XSRF protection."""
 
@@ -84,6 +96,7 @@ class FakeServer:
         self.delay = 0.0
         self.requests: list[dict] = []
         self._failures: list[int] = []
+        self._drops: list[tuple[str | None, str | None]] = []
 
     def routes(self) -> list:
         """(pattern, handler class) pairs; every handler gets `fake=self`."""
@@ -120,10 +133,23 @@ class FakeServer:
         """The next `n` API calls answer HTTP `status`."""
         self._failures.extend([status] * n)
 
+    def drop_answers(self, n: int = 1, *, method: str | None = None, path: str | None = None) -> None:
+        """The next `n` API calls (of `method` to `path`, when given) are carried out, but their
+        answers are dropped: the connection closes without a reply."""
+        self._drops.extend([(method, path)] * n)
+
+    def _take_drop(self, request) -> bool:
+        for i, (method, path) in enumerate(self._drops):
+            if method in (None, request.method) and path in (None, request.path):
+                del self._drops[i]
+                return True
+        return False
+
     def reset(self) -> None:
-        """Forget recorded requests, injected failures and the delay (subclasses extend it)."""
+        """Forget recorded requests, injected failures, dropped answers and the delay (subclasses extend it)."""
         self.requests.clear()
         self._failures.clear()
+        self._drops.clear()
         self.delay = 0.0
 
     def requests_to(self, path: str) -> list[dict]:

@@ -18,6 +18,7 @@ from tornado.log import access_log
 from wxapp.auth import WECHAT_ROLES, Principal, Role
 from wxapp.context import AppContext
 from wxapp.errors import DEFAULT_MESSAGES, ApiError
+from wxapp.privacy import loggable_uri
 from wxapp.storage import UNAVAILABLE_ERRORS
 from wxapp.validation import Schema
 
@@ -46,7 +47,8 @@ def envelope(code: int, err_msg: str, data: Any = _NO_DATA, page: dict | None = 
 
 
 def log_access(status: int, method: str, uri: str, remote_ip: str | None, seconds: float, quiet: bool) -> None:
-    """One line of the access log: errors at WARNING or ERROR, successes at INFO (DEBUG if `quiet`)."""
+    """One line of the access log: errors at WARNING or ERROR, successes at INFO (DEBUG if `quiet`).
+    The URI is logged without secrets and with phones masked."""
     if status >= 500:
         level = logging.ERROR
     elif status >= 400:
@@ -54,7 +56,8 @@ def log_access(status: int, method: str, uri: str, remote_ip: str | None, second
     else:
         level = logging.DEBUG if quiet else logging.INFO
     if access_log.isEnabledFor(level):
-        access_log.log(level, "%d %s %s (%s) %.2fms", status, method, uri, remote_ip, 1000.0 * seconds)
+        access_log.log(level, "%d %s %s (%s) %.2fms", status, method, loggable_uri(uri), remote_ip,
+                       1000.0 * seconds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,13 +199,19 @@ class BaseHandler(tornado.web.RequestHandler):
             secure=self.request.protocol == "https", path="/",
         )
 
+    def _request_summary(self) -> str:
+        # Tornado's own warnings name the request by this; without secrets or phones, as the access log.
+        return f"{self.request.method} {loggable_uri(self.request.uri)} ({self.request.remote_ip})"
+
     def log_exception(self, typ, value, tb):
         if isinstance(value, ApiError):
             log.info("%s %s -> %d %s", self.request.method, self.request.path, value.code, value.message)
         elif isinstance(value, SERVICE_UNAVAILABLE):
             log.error("%s %s: database unavailable: %s", self.request.method, self.request.path, value)
-        else:
+        elif isinstance(value, tornado.web.HTTPError):
             super().log_exception(typ, value, tb)
+        else:  # Tornado would also log the whole request, its cookies and Authorization header included
+            log.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
 
     @staticmethod
     def error_of(exc: BaseException | None, status: int) -> ApiError:

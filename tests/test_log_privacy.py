@@ -1,0 +1,32 @@
+"""What the logs may keep: phones masked; OAuth codes and states, keys, tokens and QR passes left out."""
+import logging
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+
+@pytest.mark.gen_test
+async def test_the_access_log_masks_phones_and_drops_codes_states_and_keys(journey, session_of, client, fakes, ctx,
+                                                                            caplog):
+    rid = await journey(sign_in=True)
+    token = (await ctx.visits.get(rid))["token"]
+    visitor = await session_of("o-v1")
+    fakes.wechat.add_user("o-abc")
+    fakes.wechat.login_as("o-abc")
+    with caplog.at_level(logging.INFO, logger="tornado.access"):
+        await visitor.fetch("/v1/visit/records?type=mobile&proposer=13900000001&name=13700000011")
+        await visitor.fetch("/v1/auth/records?phone=138-0000-0002")
+        browser = client()
+        start = await browser.fetch("/wechat/oauth?next=/h5/")
+        callback_url = (await browser.fetch(start.location)).location
+        await browser.fetch(callback_url)
+        await browser.fetch("/v1/config/servers?key=vk_leaked_key_1234&access_token=tok_5678")
+        await browser.fetch(f"/qrcode/{token}.png")
+    log = "\n".join(r.getMessage() for r in caplog.records if r.name == "tornado.access")
+    query = parse_qs(urlsplit(callback_url).query)
+    for secret in ("13900000001", "13700000011", "138-0000-0002", "13800000002", query["code"][0],
+                   query["state"][0], "vk_leaked_key_1234", "tok_5678", token):
+        assert secret not in log, (secret, log)
+    assert "proposer=139****0001" in log and "name=137****0011" in log and "phone=138****0002" in log
+    assert "/wechat/oauth/callback?code=*&state=*" in log
+    assert "/qrcode/*.png" in log

@@ -13,7 +13,7 @@ from wxapp.security import derive_key
 
 from . import (admin, bindings, config, gatepath, h5, health, media, notifications, oauth, openapi, visits,
                wechat_messages)
-from .base import NotFoundPageHandler, UnknownApiHandler, log_access
+from .base import NotFoundPageHandler, StaticHandler, UnknownApiHandler, log_access
 
 ROOT = Path(__file__).resolve().parent.parent
 _MODULES = (visits, health, bindings, config, notifications, openapi, media, oauth, wechat_messages, h5, admin)
@@ -46,6 +46,7 @@ def make_app(ctx: AppContext, **overrides) -> tornado.web.Application:
         jinja_env=jinja_env,
         static_path=str(ROOT / "h5"),
         static_url_prefix="/h5/static/",
+        static_handler_class=StaticHandler,
         default_handler_class=NotFoundPageHandler,
         compress_response=True,
         log_function=log_request,

@@ -4,6 +4,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from handlers.base import BaseHandler
+
 
 @pytest.mark.gen_test
 async def test_the_access_log_masks_phones_and_drops_codes_states_and_keys(journey, session_of, client, fakes, ctx,
@@ -30,3 +32,20 @@ async def test_the_access_log_masks_phones_and_drops_codes_states_and_keys(journ
     assert "proposer=139****0001" in log and "name=137****0011" in log and "phone=138****0002" in log
     assert "/wechat/oauth/callback?code=*&state=*" in log
     assert "/qrcode/*.png" in log
+
+
+@pytest.mark.gen_test
+async def test_an_unexpected_error_is_logged_without_the_requests_cookies_or_key(app, anonymous, caplog):
+    class Broken(BaseHandler):
+        def get(self):
+            raise RuntimeError("something unexpected")
+
+    app.add_handlers(r".*", [(r"/broken", Broken)])
+    with caplog.at_level(logging.INFO):
+        resp = await anonymous.fetch("/broken?phone=13900000001&code=oauth-code-77",
+                                     headers={"Authorization": "Bearer vk_secret_key_42", "Cookie": "wx_session=sid-99"})
+    assert resp.status == 500
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert "Uncaught exception GET /broken?phone=139****0001&code=*" in logged and "something unexpected" in logged
+    for secret in ("vk_secret_key_42", "sid-99", "13900000001", "oauth-code-77"):
+        assert secret not in logged, (secret, logged)

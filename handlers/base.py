@@ -18,7 +18,7 @@ from tornado.log import access_log
 from wxapp.auth import WECHAT_ROLES, Principal, Role
 from wxapp.context import AppContext
 from wxapp.errors import DEFAULT_MESSAGES, ApiError
-from wxapp.privacy import loggable_uri
+from wxapp.privacy import loggable_uri, mask_mobiles
 from wxapp.storage import UNAVAILABLE_ERRORS
 from wxapp.validation import Schema
 
@@ -238,7 +238,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def log_exception(self, typ, value, tb):
         if isinstance(value, ApiError):
-            log.info("%s %s -> %d %s", self.request.method, self.request.path, value.code, value.message)
+            log.info("%s %s -> %d %s", self.request.method, self.request.path, value.code, mask_mobiles(value.message))
         elif isinstance(value, SERVICE_UNAVAILABLE):
             log.error("%s %s: database unavailable: %s", self.request.method, self.request.path, value)
         elif isinstance(value, tornado.web.HTTPError):

@@ -49,3 +49,14 @@ async def test_an_unexpected_error_is_logged_without_the_requests_cookies_or_key
     assert "Uncaught exception GET /broken?phone=139****0001&code=*" in logged and "something unexpected" in logged
     for secret in ("vk_secret_key_42", "sid-99", "13900000001", "oauth-code-77"):
         assert secret not in logged, (secret, logged)
+
+
+@pytest.mark.gen_test
+async def test_a_refusal_naming_a_phone_is_logged_with_the_phone_masked(bind_visitor, caplog):
+    visitor = await bind_visitor("o-v1", "13900000001")
+    with caplog.at_level(logging.INFO):
+        again = await visitor.fetch("/v1/visitor/binding", "POST", json={
+            "weixinUserId": "o-v1", "phone": "13900000002", "code": "000000"})
+    assert again.status == 409 and "13900000001" in again.json()["err_msg"]  # the user sees their own phone
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "139****0001" in logged and "13900000001" not in logged, logged

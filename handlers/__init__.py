@@ -8,11 +8,12 @@ import jinja2
 import tornado.web
 
 from wxapp.context import AppContext
+from wxapp.privacy import mask_phone
 from wxapp.security import derive_key
 
 from . import (admin, bindings, config, gatepath, h5, health, media, notifications, oauth, openapi, visits,
                wechat_messages)
-from .base import NotFoundPageHandler, UnknownApiHandler, log_access
+from .base import NotFoundPageHandler, StaticHandler, UnknownApiHandler, log_access
 
 ROOT = Path(__file__).resolve().parent.parent
 _MODULES = (visits, health, bindings, config, notifications, openapi, media, oauth, wechat_messages, h5, admin)
@@ -34,17 +35,18 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 def make_app(ctx: AppContext, **overrides) -> tornado.web.Application:
     """The Tornado application over a built context; shared by server.py and the tests."""
     table = routes()
+    jinja_env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(ROOT / "templates"), autoescape=jinja2.select_autoescape(["html"]))
+    jinja_env.filters["mask_phone"] = mask_phone
     settings = dict(
         context=ctx,
         cookie_secret=derive_key(ctx.config.secret_key, "cookie-signing").hex(),
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"samesite": "Strict", "path": "/"},
-        jinja_env=jinja2.Environment(
-            loader=jinja2.FileSystemLoader(ROOT / "templates"),
-            autoescape=jinja2.select_autoescape(["html"]),
-        ),
+        jinja_env=jinja_env,
         static_path=str(ROOT / "h5"),
         static_url_prefix="/h5/static/",
+        static_handler_class=StaticHandler,
         default_handler_class=NotFoundPageHandler,
         compress_response=True,
         log_function=log_request,

@@ -18,6 +18,7 @@ from tornado.log import access_log
 from wxapp.auth import WECHAT_ROLES, Principal, Role
 from wxapp.context import AppContext
 from wxapp.errors import DEFAULT_MESSAGES, ApiError
+from wxapp.privacy import loggable_uri, mask_mobiles
 from wxapp.storage import UNAVAILABLE_ERRORS
 from wxapp.validation import Schema
 
@@ -29,8 +30,20 @@ ADMIN_COOKIE = "admin_session"
 # The database or Redis cannot be reached: answered with 503, never 500.
 SERVICE_UNAVAILABLE = UNAVAILABLE_ERRORS + (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _NO_DATA = object()
-# Sent with every answer, by BaseHandler and by the gate's fast path (handlers.gatepath).
-DEFAULT_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
+# Scripts and styles only from our own static files (no inline code, no inline event handlers);
+# images also from WeChat's head-image hosts; no framing, no plugins, forms post only to us.
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'", "script-src 'self'", "style-src 'self'",
+    "img-src 'self' data: https://*.qlogo.cn http://*.qlogo.cn", "connect-src 'self'", "object-src 'none'",
+    "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
+])
+# Sent with every answer, by BaseHandler, the static files and the gate's fast path (handlers.gatepath).
+DEFAULT_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+}
+# Added to those when the request came over https (as the proxy in front says).
+HSTS_HEADER = ("Strict-Transport-Security", "max-age=31536000")
 # The headers of every /v1 answer besides those.
 ENVELOPE_HEADERS = {"Content-Type": "application/json; charset=UTF-8", "Cache-Control": "no-store"}
 
@@ -46,7 +59,8 @@ def envelope(code: int, err_msg: str, data: Any = _NO_DATA, page: dict | None = 
 
 
 def log_access(status: int, method: str, uri: str, remote_ip: str | None, seconds: float, quiet: bool) -> None:
-    """One line of the access log: errors at WARNING or ERROR, successes at INFO (DEBUG if `quiet`)."""
+    """One line of the access log: errors at WARNING or ERROR, successes at INFO (DEBUG if `quiet`).
+    The URI is logged without secrets and with phones masked."""
     if status >= 500:
         level = logging.ERROR
     elif status >= 400:
@@ -54,7 +68,24 @@ def log_access(status: int, method: str, uri: str, remote_ip: str | None, second
     else:
         level = logging.DEBUG if quiet else logging.INFO
     if access_log.isEnabledFor(level):
-        access_log.log(level, "%d %s %s (%s) %.2fms", status, method, uri, remote_ip, 1000.0 * seconds)
+        access_log.log(level, "%d %s %s (%s) %.2fms", status, method, loggable_uri(uri), remote_ip,
+                       1000.0 * seconds)
+
+
+def set_security_headers(handler: tornado.web.RequestHandler) -> None:
+    """The headers every answer carries, HSTS over https, and no server banner."""
+    for name, value in DEFAULT_HEADERS.items():
+        handler.set_header(name, value)
+    if handler.request.protocol == "https":
+        handler.set_header(*HSTS_HEADER)
+    handler.clear_header("Server")
+
+
+class StaticHandler(tornado.web.StaticFileHandler):
+    """The static files (CSS, JS, images), with the same security headers as every other answer."""
+
+    def set_default_headers(self):
+        set_security_headers(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +142,16 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.settings["context"]
 
     def set_default_headers(self):
-        for name, value in DEFAULT_HEADERS.items():
-            self.set_header(name, value)
+        set_security_headers(self)
+        # Pages and answers show phones, names and QR passes: no cache may keep them.
+        self.set_header("Cache-Control", "no-store")
+
+    def set_cookie(self, name, value, *args, **kwargs):
+        """Every cookie (sessions, the XSRF token, the login nonce) is Secure when the request came
+        over https."""
+        if self.request.protocol == "https":
+            kwargs["secure"] = True
+        super().set_cookie(name, value, *args, **kwargs)
 
     async def authorize(self, allow: tuple[Role, ...]) -> Principal | None:
         """Find the caller among the accepted kinds; 401 when there is none, 403 when not allowed."""
@@ -190,19 +229,22 @@ class BaseHandler(tornado.web.RequestHandler):
         return base + path
 
     def start_session_cookie(self, cookie: str, sid: str, ttl: int) -> None:
-        """Set a signed, HttpOnly, SameSite=Lax session cookie."""
-        self.set_signed_cookie(
-            cookie, sid, expires_days=ttl / 86400, httponly=True, samesite="Lax",
-            secure=self.request.protocol == "https", path="/",
-        )
+        """Set a signed, HttpOnly, SameSite=Lax session cookie (Secure over https)."""
+        self.set_signed_cookie(cookie, sid, expires_days=ttl / 86400, httponly=True, samesite="Lax", path="/")
+
+    def _request_summary(self) -> str:
+        # Tornado's own warnings name the request by this; without secrets or phones, as the access log.
+        return f"{self.request.method} {loggable_uri(self.request.uri)} ({self.request.remote_ip})"
 
     def log_exception(self, typ, value, tb):
         if isinstance(value, ApiError):
-            log.info("%s %s -> %d %s", self.request.method, self.request.path, value.code, value.message)
+            log.info("%s %s -> %d %s", self.request.method, self.request.path, value.code, mask_mobiles(value.message))
         elif isinstance(value, SERVICE_UNAVAILABLE):
             log.error("%s %s: database unavailable: %s", self.request.method, self.request.path, value)
-        else:
+        elif isinstance(value, tornado.web.HTTPError):
             super().log_exception(typ, value, tb)
+        else:  # Tornado would also log the whole request, its cookies and Authorization header included
+            log.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
 
     @staticmethod
     def error_of(exc: BaseException | None, status: int) -> ApiError:

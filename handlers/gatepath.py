@@ -18,14 +18,13 @@ import asyncio
 import json
 import time
 
-import tornado
 import tornado.web
 from tornado import httputil, iostream
 
 from wxapp import gate
 
 from . import visits
-from .base import DEFAULT_HEADERS, ENVELOPE_HEADERS, envelope, log_access
+from .base import DEFAULT_HEADERS, ENVELOPE_HEADERS, HSTS_HEADER, envelope, log_access
 
 PATH = "/v1/visit/qrcode"
 SPEC = visits.GateHandler.post.api_spec
@@ -143,10 +142,11 @@ class _Dispatch(httputil.HTTPMessageDelegate):
     def _write(self, code: int) -> None:
         body = _BODIES[code]
         headers = httputil.HTTPHeaders()
-        headers["Server"] = "TornadoServer/" + tornado.version
         headers["Date"] = _Date.now(time.time())
         for name, value in DEFAULT_HEADERS.items():
             headers[name] = value
+        if self.protocol == "https":
+            headers[HSTS_HEADER[0]] = HSTS_HEADER[1]
         for name, value in ENVELOPE_HEADERS.items():
             headers[name] = value
         headers["Content-Length"] = str(len(body))

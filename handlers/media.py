@@ -11,11 +11,11 @@ from .base import PlainTextHandler
 
 
 class ImageHandler(PlainTextHandler):
-    """Serves bytes with a content type; unknown names are a plain 404."""
+    """Serves bytes with a content type; unknown names are a plain 404. A QR pass opens the gate and
+    a photo is a person's face: neither is kept by any cache (the default Cache-Control: no-store)."""
 
-    def send_image(self, data: bytes, content_type: str, max_age: int) -> None:
+    def send_image(self, data: bytes, content_type: str) -> None:
         self.set_header("Content-Type", content_type)
-        self.set_header("Cache-Control", f"private, max-age={max_age}")
         self.finish(data)
 
 
@@ -28,7 +28,7 @@ class QrCodeHandler(ImageHandler):
             raise ApiError(404, "二维码不存在或已失效")
         png = await asyncio.get_running_loop().run_in_executor(
             self.ctx.executor, qr_png, qr_content(entry["r"], token))
-        self.send_image(png, "image/png", 3600)
+        self.send_image(png, "image/png")
 
 
 class AvatarHandler(ImageHandler):
@@ -38,7 +38,7 @@ class AvatarHandler(ImageHandler):
         image = await self.ctx.images.get(name)
         if image is None:
             raise ApiError(404, "图片不存在")
-        self.send_image(image[0], image[1], 86400)
+        self.send_image(image[0], image[1])
 
 
 default_handlers = [

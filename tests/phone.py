@@ -1,6 +1,6 @@
 """Browsers for page tests, Debian's headless Chromium driven by Playwright: a phone in WeChat
 (375×667, WeChat's user agent) for the H5 pages, a desktop (1366×900) for /admin. Screenshots of
-every page go to artifacts/screenshots/<test>/."""
+every page go to artifacts/screenshots/<test>/. A test fails when a page broke its Content-Security-Policy."""
 from __future__ import annotations
 
 import contextlib
@@ -31,6 +31,10 @@ class Phone:
         page.on("console", lambda msg: self.errors.append(msg.text) if msg.type == "error" else None)
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
 
+    def csp_violations(self) -> list[str]:
+        """What the Content-Security-Policy refused on the pages visited (Chromium reports each on the console)."""
+        return [e for e in self.errors if "Content Security Policy" in e]
+
     def unexpected_errors(self, *expected_statuses: int) -> list[str]:
         """Console errors, leaving out failed loads with a status the test provoked on purpose
         (Chromium logs every 4xx answer of fetch() as an error)."""
@@ -51,7 +55,9 @@ async def _browser(test_name: str, **context_options):
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             context = await browser.new_context(locale="zh-CN", **context_options)
-            yield Phone(await context.new_page(), folder)
+            p = Phone(await context.new_page(), folder)
+            yield p
+            assert not p.csp_violations(), p.csp_violations()  # every page works under its CSP
         finally:
             await browser.close()
 

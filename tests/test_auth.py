@@ -1,4 +1,5 @@
 """Who may call what (CONTRACT §4): WeChat OAuth sessions, API keys with roles, admin login."""
+import json
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
@@ -24,7 +25,7 @@ async def test_oauth_start_redirects_to_wechat_authorize_with_a_one_time_state(a
     assert query["redirect_uri"][0].endswith("/wechat/oauth/callback")
     state = query["state"][0]
     assert len(state) >= 32
-    assert await ctx.redis.get(f"oauth_state:{state}") == "/h5/apply"
+    assert json.loads(await ctx.redis.get(f"oauth_state:{state}"))["next"] == "/h5/apply"
     assert 0 < await ctx.redis.ttl(f"oauth_state:{state}") <= 600
 
 
@@ -95,6 +96,59 @@ async def test_oauth_fails_with_502_page_when_wechat_rejects_the_code(anonymous,
     assert resp.status == 502
     assert "微信登录失败" in resp.text
     assert "40029" not in resp.text
+
+
+async def _callback_link(browser, fakes, openid: str, next_url: str = "/h5/bind/visitor") -> str:
+    """Start a login in `browser` as `openid` and stop before the callback: its link, code and state."""
+    fakes.wechat.add_user(openid)
+    fakes.wechat.login_as(openid)
+    start = await browser.fetch("/wechat/oauth?next=" + next_url)
+    return (await browser.fetch(start.location)).location
+
+
+@pytest.mark.gen_test
+async def test_a_callback_link_sent_to_a_victim_does_not_log_the_victim_in(client, fakes, configured):
+    # Login CSRF: the attacker's own callback link, opened by the victim, would log the victim's browser
+    # into the attacker's WeChat; the victim would then bind their phone to the attacker.
+    attacker = client()
+    link = await _callback_link(attacker, fakes, "o-attacker")
+    victim = client()
+    resp = await victim.fetch(link)
+    assert resp.status == 400
+    assert "wx_session" not in set_cookie_headers(resp)
+    sms = await victim.fetch("/v1/sms/code", "POST", json={"phone": "13900000009"})
+    assert sms.status == 401
+    bind = await victim.fetch("/v1/visitor/binding", "POST", json={"weixinUserId": "o-attacker",
+                                                                    "phone": "13900000009", "code": "000000"})
+    assert bind.status == 401
+    assert (await attacker.fetch(link)).status == 400  # the state is spent: the link is good for nothing now
+
+
+@pytest.mark.gen_test
+async def test_a_callback_link_is_refused_in_a_browser_that_started_its_own_login(client, fakes):
+    victim = client()
+    await victim.fetch("/wechat/oauth?next=/h5/")  # the victim's own login, not finished
+    link = await _callback_link(client(), fakes, "o-attacker")
+    resp = await victim.fetch(link)
+    assert resp.status == 400
+    assert "wx_session" not in set_cookie_headers(resp)
+
+
+@pytest.mark.gen_test
+async def test_two_logins_started_in_one_browser_can_each_finish(client, fakes):
+    browser = client()
+    first = await _callback_link(browser, fakes, "o-abc", "/h5/records")
+    second = await _callback_link(browser, fakes, "o-abc", "/h5/me")
+    assert (await browser.fetch(first)).location == "/h5/records"
+    assert (await browser.fetch(second)).location == "/h5/me"
+
+
+@pytest.mark.gen_test
+async def test_the_login_nonce_cookie_is_short_lived_and_httponly(anonymous):
+    resp = await anonymous.fetch("/wechat/oauth?next=/h5/")
+    cookie = set_cookie_headers(resp)["wx_login"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Max-Age=600" in cookie and "Path=/wechat/oauth" in cookie
 
 
 async def _login_chain(browser, fakes, next_param: str):

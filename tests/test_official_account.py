@@ -2,7 +2,9 @@
 admin's view of the notifications."""
 import hashlib
 import json
+import logging
 import time
+import uuid
 
 import pytest
 from wechatpy import parse_message
@@ -16,7 +18,9 @@ AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 TOKEN = "test-token"
 
 
-def signed(nonce="n0nce", timestamp=None, token=TOKEN) -> str:
+def signed(nonce=None, timestamp=None, token=TOKEN) -> str:
+    """The query WeChat signs a call with: a fresh nonce each time (a nonce is accepted once)."""
+    nonce = nonce or uuid.uuid4().hex[:10]
     timestamp = str(timestamp or int(time.time()))
     signature = hashlib.sha1("".join(sorted([token, timestamp, nonce])).encode()).hexdigest()
     return f"signature={signature}&timestamp={timestamp}&nonce={nonce}"
@@ -40,6 +44,46 @@ async def test_get_echoes_echostr_only_with_a_valid_signature(anonymous):
     assert (ok.status, ok.text) == (200, "hello123")
     forged = await anonymous.fetch(f"/wechat?{signed(token='wrong')}&echostr=hello123")
     assert forged.status == 403 and "hello123" not in forged.text
+
+
+@pytest.mark.gen_test
+async def test_echostr_comes_back_as_plain_text_not_markup(anonymous):
+    resp = await anonymous.fetch(f"/wechat?{signed()}&echostr=%3Cscript%3Ealert(1)%3C/script%3E")
+    assert resp.status == 200 and resp.text == "<script>alert(1)</script>"
+    assert resp.headers["Content-Type"] == "text/plain; charset=UTF-8"
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("when", [lambda now: now - 301, lambda now: now + 301, lambda now: 1_700_000_000],
+                         ids=["past", "future", "2023"])
+@pytest.mark.gen_test
+async def test_a_signature_more_than_five_minutes_off_is_refused(anonymous, when):
+    stale = signed(timestamp=when(int(time.time())))
+    assert (await anonymous.fetch(f"/wechat?{stale}&echostr=hello")).status == 403
+    assert (await post(anonymous, incoming("预约"), stale)).status == 403
+    assert (await anonymous.fetch(f"/wechat?{signed(timestamp=int(time.time()) - 290)}&echostr=ok")).text == "ok"
+
+
+@pytest.mark.gen_test
+async def test_a_signed_query_is_accepted_once_whatever_the_body(anonymous, configured):
+    query = signed()
+    assert (await post(anonymous, incoming("预约"), query)).status == 200
+    replay = await post(anonymous, incoming("查看记录"), query)
+    assert replay.status == 403
+    assert (await anonymous.fetch(f"/wechat?{query}&echostr=hello")).status == 403
+
+
+@pytest.mark.gen_test
+async def test_the_access_log_keeps_no_signature_timestamp_nonce_or_echo(anonymous, caplog):
+    query = signed(nonce="secretnonce42", timestamp=int(time.time()))
+    signature = query.split("&")[0].split("=")[1]
+    with caplog.at_level(logging.INFO, logger="tornado.access"):
+        await anonymous.fetch(f"/wechat?{query}&echostr=echo-9f8e7d")
+        await anonymous.fetch(f"/wechat?{query}&echostr=echo-9f8e7d")  # refused as a replay: logged too
+    lines = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
+    assert len(lines) == 2 and lines[0].startswith("200 GET /wechat?") and lines[1].startswith("403 GET /wechat?")
+    for secret in (signature, "secretnonce42", query.split("timestamp=")[1].split("&")[0], "echo-9f8e7d"):
+        assert not any(secret in line for line in lines), (secret, lines)
 
 
 @pytest.mark.gen_test
@@ -95,7 +139,7 @@ async def test_safe_mode_decrypts_and_encrypts(anonymous, configured, fakes):
     plain = crypto.decrypt_message(resp.text, reply_fields["MsgSignature"], reply_fields["TimeStamp"],
                                    reply_fields["Nonce"])
     assert "/h5/apply" in parse_message(plain).content
-    tampered = await post(anonymous, encrypted.encode(), f"{signed(nonce, timestamp)}&msg_signature=bad")
+    tampered = await post(anonymous, encrypted.encode(), f"{signed('n1nce', timestamp)}&msg_signature=bad")
     assert tampered.status == 403
 
 

@@ -5,6 +5,8 @@ import asyncio
 import dataclasses
 import enum
 import functools
+import hashlib
+import hmac
 import json
 import logging
 from concurrent.futures import Executor
@@ -340,24 +342,42 @@ class Sessions:
 
 
 class OAuthStates:
-    """One-time OAuth `state` values, each remembering where to go after login."""
+    """One-time OAuth `state` values, each bound to the browser that started the login and
+    remembering where to go after it.
+
+    The browser holds a random nonce in a short-lived cookie; the state keeps only its digest. A
+    callback whose state was issued to another browser is refused, so nobody can log a victim's
+    browser into their own WeChat account by sending them a callback link (login CSRF)."""
 
     TTL = 600
 
     def __init__(self, redis):
         self.redis = redis
 
-    async def issue(self, next_url: str) -> str:
-        """A fresh state for a login that should end at `next_url`."""
+    @staticmethod
+    def _digest(nonce: str) -> str:
+        return hashlib.sha256(nonce.encode()).hexdigest()
+
+    async def issue(self, next_url: str, browser_nonce: str) -> str:
+        """A fresh state for a login started by the browser holding `browser_nonce`, to end at `next_url`."""
         state = security.new_token(24)
-        await self.redis.set(f"oauth_state:{state}", next_url, ex=self.TTL)
+        value = json.dumps({"next": next_url, "browser": self._digest(browser_nonce)})
+        await self.redis.set(f"oauth_state:{state}", value, ex=self.TTL)
         return state
 
-    async def consume(self, state: str) -> str | None:
-        """The `next` URL of a valid state, which is used up; None when unknown or expired."""
+    async def consume(self, state: str, browser_nonce: str | None) -> str | None:
+        """The `next` URL of a valid state presented by the browser it was issued to; the state is
+        used up either way. None when unknown, expired or issued to another browser."""
         if not state:
             return None
-        return await self.redis.getdel(f"oauth_state:{state}")
+        raw = await self.redis.getdel(f"oauth_state:{state}")
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        if not browser_nonce or not hmac.compare_digest(data["browser"], self._digest(browser_nonce)):
+            log.warning("refused an OAuth callback from a browser that did not start that login")
+            return None
+        return data["next"]
 
 
 def safe_next(next_url: str | None, default: str) -> str:

@@ -8,7 +8,8 @@ from typing import Awaitable, Callable
 from zoneinfo import ZoneInfo
 
 from .errors import ApiError, bad_request
-from .sms import SmsError, SmsSender, mask_phone
+from .privacy import mask_phone
+from .sms import SmsError, SmsSender
 from .validation import mainland_mobile
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from .stats import Stats
 from .storage import Storage
 from .system_settings import SystemSettings
 from .visits import Visits
-from .wechat import WeChatApi, WeChatOAuthService
+from .wechat import MessageSignatures, WeChatApi, WeChatOAuthService
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class AppContext:
     admin_sessions: Sessions
     oauth_states: OAuthStates
     oauth: WeChatOAuthService
+    wechat_signatures: MessageSignatures
     system_settings: SystemSettings
     koala: KoalaClient
     images: Images
@@ -154,6 +155,7 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             admin_sessions=Sessions(redis, "admin", config.admin_session_ttl),
             oauth_states=OAuthStates(redis),
             oauth=WeChatOAuthService(config, executor),
+            wechat_signatures=MessageSignatures(redis, clock, config.wechat_token),
             system_settings=system_settings,
             koala=koala,
             images=images,

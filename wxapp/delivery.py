@@ -20,8 +20,9 @@ from typing import Callable
 from zoneinfo import ZoneInfo
 
 from .events import CHANNELS
+from .privacy import mask_phone
 from .security import new_token
-from .sms import SmsError, SmsSender, mask_phone
+from .sms import SmsError, SmsSender
 from .storage import ReturnDocument, Storage
 from .system_settings import SystemSettings
 from .visits import PURPOSES

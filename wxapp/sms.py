@@ -7,6 +7,7 @@ import logging
 from concurrent.futures import Executor
 
 from .config import Config
+from .privacy import mask_phone
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,6 @@ _PERMANENT_CODES = {
 }
 
 
-def mask_phone(phone: str) -> str:
-    """138****0001, for logs and lists."""
-    return phone[:3] + "****" + phone[-4:] if len(phone) >= 8 else "****"
-
-
 class SmsSender:
     """Sends one templated SMS; the backend is chosen by SMS_BACKEND."""
 
@@ -52,7 +48,8 @@ class SmsSender:
         if backend == "off":
             return
         if backend == "log":
-            log.info("SMS to %s template %s: %s", phone, template_code or "-", json.dumps(params, ensure_ascii=False))
+            log.info("SMS to %s template %s: %s", mask_phone(phone), template_code or "-",
+                     json.dumps(params, ensure_ascii=False))
             return
         if not template_code:
             raise SmsError("no SMS template configured", permanent=True)

@@ -4,16 +4,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Executor
+from typing import Callable
 
 import requests
 from wechatpy import WeChatClient
-from wechatpy.exceptions import WeChatException
+from wechatpy.exceptions import InvalidSignatureException, WeChatException
 from wechatpy.oauth import WeChatOAuth
 from wechatpy.session import SessionStorage
 from wechatpy.session.memorystorage import MemoryStorage
 from wechatpy.session.redisstorage import RedisStorage
+from wechatpy.utils import check_signature
 
 from .config import Config
+from .errors import ApiError
+from .privacy import scrub_secrets
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +69,37 @@ class WeChatOAuthService:
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executor, exchange)
         except (WeChatException, requests.RequestException, ValueError, KeyError) as exc:
-            log.warning("WeChat OAuth exchange failed: %s", exc)
-            raise WeChatUnavailable(str(exc)) from exc
+            # A requests error quotes the URL, with the app secret and the user's code in it.
+            message = scrub_secrets(str(exc))
+            log.warning("WeChat OAuth exchange failed: %s", message)
+            raise WeChatUnavailable(message) from None
+
+
+class MessageSignatures:
+    """The signature WeChat puts on every call to /wechat (`signature`, `timestamp`, `nonce`), with
+    replays refused: a timestamp more than 5 minutes away from now, or a nonce already seen within
+    that window, is not accepted even when correctly signed."""
+
+    WINDOW = 300  # seconds either side of now
+
+    def __init__(self, redis, clock: Callable[[], float], token: str):
+        self.redis = redis
+        self.clock = clock
+        self.token = token
+
+    async def verify(self, signature: str, timestamp: str, nonce: str) -> None:
+        """Accept one signed call (its nonce is used up); 403 when forged, stale or replayed."""
+        try:
+            if not (self.token and nonce):
+                raise InvalidSignatureException()
+            check_signature(self.token, signature, timestamp, nonce)
+        except InvalidSignatureException:
+            raise ApiError(403, "签名无效") from None
+        if not timestamp.isdigit() or abs(self.clock() - int(timestamp)) > self.WINDOW:
+            raise ApiError(403, "请求时间戳已过期")
+        # Kept for both halves of the window, so a nonce cannot come back while its timestamp passes.
+        if not await self.redis.set(f"wechat_nonce:{nonce}", "1", nx=True, ex=2 * self.WINDOW):
+            raise ApiError(403, "重复的请求")
 
 
 class _TimeoutSession(requests.Session):
@@ -126,8 +159,8 @@ class WeChatApi:
                 return fn(*args, **kwargs)
             except WeChatException as exc:
                 raise WeChatSendError(f"{exc.errcode} {exc.errmsg}", getattr(exc, "errcode", None)) from None
-            except (requests.RequestException, ValueError) as exc:
-                raise WeChatSendError(f"{type(exc).__name__}: {exc}", None) from None
+            except (requests.RequestException, ValueError) as exc:  # the token URL quotes the app secret
+                raise WeChatSendError(scrub_secrets(f"{type(exc).__name__}: {exc}"), None) from None
 
         return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 

@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from wxapp.errors import ApiError
+from wxapp.privacy import mask_phone
 from wxapp.visits import day_bounds
 
 from ..base import PageHandler
@@ -38,13 +39,6 @@ DONE_MESSAGES = {
 CHANNEL_LABELS = {"wechat": "微信模板消息", "sms": "短信"}
 OUTBOX_STATUS_LABELS = {"pending": "待发送", "sending": "发送中", "sent": "已发送", "failed": "发送失败",
                         "skipped": "已跳过", "cancelled": "已取消"}
-
-
-def mask_phone(phone: str) -> str:
-    """138****0001: enough to recognise a number in a list without showing it."""
-    if len(phone) >= 8:
-        return phone[:3] + "****" + phone[-4:]
-    return "*" * max(0, len(phone) - 2) + phone[-2:]
 
 
 class AdminPageHandler(PageHandler):

@@ -38,6 +38,8 @@ async def test_every_records_query_is_served_by_an_index(ctx):
         visits.filters({"phone": "13900000001", "proposer": "13900000001"}),
         visits.filters({"proposer": "13900000001", "interviewee": "李"}),
         visits.filters({"name": "张"}, party="13900000001"),
+        visits.filters({"name": "张三"}),
+        visits.filters({"interviewee": "经理", "end_time": 100}),
     ]
     await ctx.storage.counters.insert_one({"_id": "longest_visit", "seconds": 7200})
     for query in queries:

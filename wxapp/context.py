@@ -175,6 +175,7 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
         )
         await ctx.visits.ensure_longest_visit()
         await ctx.visits.ensure_statuses()
+        await ctx.visits.ensure_grams()
         await ctx.pass_log.upgrade()
         await revocations.upgrade()
         await revocations.read_feed()

@@ -50,6 +50,8 @@ INDEXES = {
         pymongo.IndexModel([("parties", ASCENDING), ("start_time", DESCENDING), ("_id", DESCENDING)],
                            name="parties"),
         pymongo.IndexModel([("tokens", ASCENDING)], name="tokens"),
+        # Name and interviewee substring search (wxapp.visits.search_grams).
+        pymongo.IndexModel([("grams", ASCENDING), ("start_time", DESCENDING), ("_id", DESCENDING)], name="grams"),
         pymongo.IndexModel([("pending_events", ASCENDING)], name="pending_events"),
         # Open visits whose window is over (Visits.end_visits).
         pymongo.IndexModel([("status", ASCENDING), ("end_time", ASCENDING)], name="status_end"),
@@ -62,6 +64,8 @@ INDEXES = {
     "revocations": [
         pymongo.IndexModel([("changed_at", ASCENDING)], name="changed_at"),
         pymongo.IndexModel([("tokens", ASCENDING)], name="tokens"),
+        # Name and interviewee substring search (wxapp.visits.search_grams).
+        pymongo.IndexModel([("grams", ASCENDING), ("start_time", DESCENDING), ("_id", DESCENDING)], name="grams"),
         pymongo.IndexModel([("redis_pending", ASCENDING)], name="redis_pending", sparse=True),
         pymongo.IndexModel([("expires_at", ASCENDING)], name="expire", expireAfterSeconds=0),
     ],

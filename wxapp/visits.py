@@ -58,6 +58,33 @@ def _contains(field: str, text: str) -> Callable[[dict], bool]:
     return lambda record: needle in record.get(field, "").casefold()
 
 
+# Substring search on names through an index: each record lists, in `grams`, every character and
+# every pair of adjacent characters of its visitor's name and its interviewee's name (Chinese names
+# are 2–4 characters), each tagged with the field. Any substring of one or more characters contains
+# one of them, so one indexed equality narrows the search to the records that may match.
+GRAM_FIELDS = {"name": "n", "interviewee": "i"}
+
+
+def _grams_of(tag: str, text: str) -> set[str]:
+    text = text.casefold()
+    return {f"{tag}:{c}" for c in text} | {f"{tag}:{text[i:i + 2]}" for i in range(len(text) - 1)}
+
+
+def search_grams(record: dict) -> list[str]:
+    """The `grams` of a record (kept current on every write of a name)."""
+    grams: set[str] = set()
+    for field, tag in GRAM_FIELDS.items():
+        grams |= _grams_of(tag, record.get(field) or "")
+    return sorted(grams)
+
+
+def gram_for(field: str, text: str) -> str:
+    """The one gram an index lookup uses for a substring search: its first pair of characters (or
+    its only character)."""
+    text = text.casefold()
+    return f"{GRAM_FIELDS[field]}:{text[:2]}"
+
+
 @dataclasses.dataclass
 class RecordQuery:
     """A records filter split in two: `index`, the predicates one index serves completely, sent to
@@ -133,6 +160,7 @@ class Visits:
         }
         await self.storage.counters.update_one(
             {"_id": "longest_visit"}, {"$max": {"seconds": end - start}}, upsert=True)
+        record["grams"] = search_grams(record)
         await self.storage.records.insert_one(record)
         await self.outbox.materialize(record["_id"])
         record["pending_events"] = []
@@ -211,6 +239,7 @@ class Visits:
             equal = {"parties": party, **equal}
         checks: list[Callable[[dict], bool]] = []
         index: dict = {}
+        by_phone = bool(equal)  # a phone is the most selective index; else a name's gram
         if equal:
             field = next(iter(equal))
             index[field] = equal.pop(field)
@@ -231,6 +260,8 @@ class Visits:
         for name in ("name", "interviewee"):
             if args.get(name):
                 checks.append(_contains(name, args[name]))
+                if not by_phone and "grams" not in index:
+                    index["grams"] = gram_for(name, args[name])
         return RecordQuery(index, checks, ends_after)
 
     async def get(self, record_id: int) -> dict:
@@ -363,6 +394,20 @@ class Visits:
                 except ApiError:  # moved on by someone else meanwhile
                     pass
         return moved
+
+    async def ensure_grams(self, batch: int = 500) -> None:
+        """Give records stored before name search was indexed their `grams`, once."""
+        if await self.storage.counters.find_one({"_id": "record_grams"}) is not None:
+            return
+        while True:
+            todo = await self.storage.records.find({"grams": {"$exists": False}},
+                                                   {"name": 1, "interviewee": 1}).to_list(batch)
+            for record in todo:
+                await self.storage.records.update_one({"_id": record["_id"]},
+                                                      {"$set": {"grams": search_grams(record)}})
+            if len(todo) < batch:
+                break
+        await self.storage.counters.update_one({"_id": "record_grams"}, {"$set": {"done": True}}, upsert=True)
 
     async def ensure_statuses(self) -> None:
         """Give records stored before statuses existed their status, once."""

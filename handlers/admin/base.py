@@ -8,6 +8,7 @@ from urllib.parse import quote, urlencode
 from wxapp.errors import ApiError
 from wxapp.privacy import mask_phone
 from wxapp.visits import day_bounds
+from wxapp.localtime import local_text
 
 from ..base import PageHandler
 
@@ -72,13 +73,10 @@ class AdminPageHandler(PageHandler):
 
     def fmt_time(self, seconds: float | int | None, with_seconds: bool = False) -> str:
         """A Unix time as the admin reads it, in TIMEZONE; "" for none."""
-        if not seconds:
-            return ""
-        moment = datetime.datetime.fromtimestamp(seconds, self.tz)
-        return moment.strftime("%Y-%m-%d %H:%M:%S" if with_seconds else "%Y-%m-%d %H:%M")
+        return local_text(seconds, self.tz, with_seconds=with_seconds)
 
     def fmt_date(self, seconds: float | int | None) -> str:
-        return datetime.datetime.fromtimestamp(seconds, self.tz).strftime("%Y-%m-%d") if seconds else ""
+        return local_text(seconds, self.tz, date_only=True)
 
     def page_url(self, page: int) -> str:
         """This page's URL with the same query and another page number."""

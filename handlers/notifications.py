@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from wxapp.auth import Role
 from wxapp.validation import Field, Schema
+from wxapp.outbox import STATUSES
 
 from .base import APIHandler, api
 from .visits import PAGE, SIZE
 
-STATUSES = ("pending", "sending", "sent", "failed", "skipped", "cancelled")
 NOTIFICATION_SCHEMA = {"type": "object", "properties": {k: {"type": t} for k, t in (
     ("id", "string"), ("event", "string"), ("channel", "string"), ("to", "string"), ("record_id", "integer"),
     ("status", "string"), ("attempts", "integer"), ("last_error", "string"), ("created_at", "integer"),

@@ -16,6 +16,11 @@ from .storage import DuplicateKeyError, ReturnDocument, Storage
 
 log = logging.getLogger(__name__)
 
+# An entry's course: pending → sending → sent, failed or skipped; cancelled with its record.
+STATUSES = ("pending", "sending", "sent", "failed", "skipped", "cancelled")
+STATUS_LABELS = {"pending": "待发送", "sending": "发送中", "sent": "已发送", "failed": "发送失败",
+                 "skipped": "已跳过", "cancelled": "已取消"}
+
 # Who each event is for: the visitor of the record or the employee being visited.
 RECIPIENT = {
     "approval_reminder_to_employee": "employee",

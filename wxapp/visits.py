@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
-import json
 import logging
 from typing import AsyncIterator, Callable
 from zoneinfo import ZoneInfo
@@ -16,6 +15,7 @@ from . import lifecycle
 from .images import Images, decode_photo
 from .koala import KoalaClient, KoalaError, KoalaNotConfigured, find_employee
 from .outbox import Outbox
+from .qrcodes import qr_content
 from .paging import page_of
 from .revocation import Revocations
 from .security import new_token
@@ -649,7 +649,7 @@ class Visits:
                 "subject_id": p.get("koala_id", 0) if signed else 0,
                 "name": p["name"], "phone": p["phone"],
                 "photo": f"{cloud_url}/avatar/{p['photo']}" if p.get("photo") else "",
-                "qrcode": json.dumps({"id": record["_id"], "qrcode": token}) if token else "",
+                "qrcode": qr_content(record["_id"], token) if token else "",
                 "qrcode_img_url": f"{cloud_url}/qrcode/{token}.png" if token else "",
             }
 

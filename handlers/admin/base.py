@@ -38,8 +38,6 @@ DONE_MESSAGES = {
 
 # How notifications read in the admin's language.
 CHANNEL_LABELS = {"wechat": "微信模板消息", "sms": "短信"}
-OUTBOX_STATUS_LABELS = {"pending": "待发送", "sending": "发送中", "sent": "已发送", "failed": "发送失败",
-                        "skipped": "已跳过", "cancelled": "已取消"}
 
 
 class AdminPageHandler(PageHandler):

@@ -8,9 +8,10 @@ from urllib.parse import urlencode
 from wxapp.errors import ApiError
 from wxapp.gate import MESSAGES
 from wxapp.events import EVENT_LABELS
+from wxapp.outbox import STATUS_LABELS as OUTBOX_STATUS_LABELS
+from wxapp.outbox import STATUSES
 
-from ..notifications import STATUSES
-from .base import CHANNEL_LABELS, OUTBOX_STATUS_LABELS, AdminPageHandler, mask_phone
+from .base import CHANNEL_LABELS, AdminPageHandler, mask_phone
 
 NOTIFICATIONS_PER_PAGE = 20
 PASSES_PER_PAGE = 100

@@ -10,8 +10,9 @@ from wxapp.errors import ApiError
 from wxapp.validation import normalize_phone
 from wxapp.visits import PURPOSES
 from wxapp.events import EVENT_LABELS
+from wxapp.outbox import STATUS_LABELS as OUTBOX_STATUS_LABELS
 
-from .base import CHANNEL_LABELS, OUTBOX_STATUS_LABELS, AdminPageHandler, mask_phone
+from .base import CHANNEL_LABELS, AdminPageHandler, mask_phone
 
 PAGE_SIZE = 20
 FILTERS = ("name", "phone", "interviewee", "interviewee_phone", "start", "end", "is_auth")

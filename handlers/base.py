@@ -2,7 +2,11 @@
 
 Who may call a handler is declared on it with `@api(allow=...)`; the envelope of every
 /v1 answer, success or error, is written by `APIHandler.write_envelope` alone (and, for the gate's
-successes, by the fast path in handlers.gatepath, from the same `envelope`)."""
+successes, by the fast path in handlers.gatepath, from the same `envelope`).
+
+Every handler streams its request body: `prepare()` runs on the headers alone, so a caller who is
+not authenticated, or whose body is larger than the endpoint accepts (`@api(max_body=...)`, else
+`max_body_size`), is answered before any of the body is read, and the connection is closed."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,6 +17,7 @@ from typing import Any, Iterable
 
 import redis.exceptions
 import tornado.web
+from tornado import httputil
 from tornado.log import access_log
 
 from wxapp.auth import WECHAT_ROLES, Principal, Role
@@ -33,6 +38,10 @@ _NO_DATA = object()
 DEFAULT_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 # The headers of every /v1 answer besides those.
 ENVELOPE_HEADERS = {"Content-Type": "application/json; charset=UTF-8", "Cache-Control": "no-store"}
+# The largest body an endpoint accepts unless it declares more: JSON or a form without photos.
+DEFAULT_BODY_LIMIT = 256 * 1024
+# The methods whose handlers receive the body once it has been read in full.
+_BODY_METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
 
 
 def envelope(code: int, err_msg: str, data: Any = _NO_DATA, page: dict | None = None) -> str:
@@ -69,20 +78,22 @@ class ApiSpec:
     data: dict | None = None  # JSON Schema of `data` in a success answer
     paged: bool = False
     description: str = ""
+    max_body: int = DEFAULT_BODY_LIMIT  # bytes of request body accepted
 
 
 def api(*, allow: Iterable[Role], summary: str, query: Schema | None = None, body: Schema | None = None,
-        path: Schema | None = None, data: dict | None = None, paged: bool = False, description: str = ""):
-    """Declare an endpoint: authorize the caller, then parse path, query and body before the method runs.
+        path: Schema | None = None, data: dict | None = None, paged: bool = False, description: str = "",
+        max_body: int = DEFAULT_BODY_LIMIT):
+    """Declare an endpoint: who may call it (checked on the headers, before the body is read, as is
+    `max_body`), then parse path, query and body before the method runs.
 
     The method receives the parsed path parameters as keyword arguments; the parsed query and
     body are in `self.query` and `self.body`, the caller in `self.principal`."""
-    spec = ApiSpec(tuple(allow), summary, query, body, path, data, paged, description)
+    spec = ApiSpec(tuple(allow), summary, query, body, path, data, paged, description, max_body)
 
     def decorate(method):
         @functools.wraps(method)
         async def wrapper(self: "BaseHandler", *args, **kwargs):
-            self.principal = await self.authorize(spec.allow)
             if spec.path is not None:
                 kwargs = spec.path.load(kwargs)
             if spec.query is not None:
@@ -97,10 +108,44 @@ def api(*, allow: Iterable[Role], summary: str, query: Schema | None = None, bod
     return decorate
 
 
+def _admits_first(prepare):
+    """A subclass's prepare(), run after the admission of BaseHandler.prepare."""
+    @functools.wraps(prepare)
+    async def wrapper(self: "BaseHandler"):
+        await BaseHandler.prepare(self)
+        if self._finished:
+            return
+        result = prepare(self)
+        if result is not None:
+            await result
+    return wrapper
+
+
+def _after_body(method):
+    """A handler method, run once the body has been read in full and parsed."""
+    @functools.wraps(method)
+    def wrapper(self: "BaseHandler", *args, **kwargs):
+        if self._finished:  # refused while the body arrived
+            return None
+        self.take_body()
+        return method(self, *args, **kwargs)
+    wrapper.after_body = True
+    return wrapper
+
+
+@tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
-    """Shared by every handler: the context, who is calling, and the security checks."""
+    """Shared by every handler: the context, who is calling, the security checks, and the body:
+    streamed, so that `prepare()` decides on the headers alone whether it is read at all."""
 
     principal: Principal | None = None
+    # The body accepted by a handler whose method has no @api declaration (pages, forms, WeChat).
+    max_body_size = DEFAULT_BODY_LIMIT
+    _admitted = False
+    _xsrf_pending = False
+    _body_limit = DEFAULT_BODY_LIMIT
+    _body_size = 0
+    _chunks: list[bytes] | None = None
     # Redis keys a handler wants read together with the API key (one round trip), and their values.
     prefetch_keys: list[str] = []
     prefetched: dict[str, str | None] = {}
@@ -110,9 +155,92 @@ class BaseHandler(tornado.web.RequestHandler):
         """The application context (clients and services)."""
         return self.settings["context"]
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Whatever a subclass does in prepare() or its methods, the admission comes first and the
+        # body is complete before a method runs: one path for every handler.
+        own = cls.__dict__.get("prepare")
+        if own is not None:
+            cls.prepare = _admits_first(own)
+        for name in _BODY_METHODS:
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "after_body", False):
+                setattr(cls, name, _after_body(method))
+
     def set_default_headers(self):
         for name, value in DEFAULT_HEADERS.items():
             self.set_header(name, value)
+
+    def api_spec(self) -> ApiSpec | None:
+        """The @api declaration of the method this request calls, if it has one."""
+        method = getattr(type(self), self.request.method.lower(), None)
+        return getattr(method, "api_spec", None)
+
+    async def prepare(self):
+        """Admit the request on its headers: the caller of an @api endpoint is authorized, and a
+        declared body larger than the endpoint accepts is refused (413), before a byte of it is read."""
+        if self._admitted:
+            return
+        self._admitted = True
+        spec = self.api_spec()
+        if spec is not None:
+            self.principal = await self.authorize(spec.allow)
+        self._body_limit = spec.max_body if spec is not None else self.max_body_size
+        length = self.request.headers.get("Content-Length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise ApiError(400, "Content-Length 请求头无效") from None
+            if declared > self._body_limit:
+                raise self.too_large()
+        self._chunks = []
+
+    def too_large(self) -> ApiError:
+        """The error of a body larger than this endpoint accepts."""
+        return ApiError(413, f"请求体过大，此接口最多接受 {self._body_limit // 1024} KB", status=413)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._chunks is None or self._finished:
+            return
+        self._body_size += len(chunk)
+        if self._body_size > self._body_limit:  # a chunked body, which declared no length
+            self._chunks = None
+            error = self.too_large()
+            self.send_error(413, exc_info=(ApiError, error, None))
+            return
+        self._chunks.append(chunk)
+
+    def take_body(self) -> None:
+        """Make the streamed body `request.body` (and its form arguments), as Tornado does for a
+        handler that does not stream; then run the XSRF check that needed the form's `_xsrf`."""
+        if self._chunks is not None:
+            chunks, self._chunks = self._chunks, None
+            body = self.request.body = b"".join(chunks)
+            chunks.clear()
+            if body:
+                request = self.request
+                try:
+                    httputil.parse_body_arguments(request.headers.get("Content-Type", ""), body,
+                                                  request.body_arguments, request.files, request.headers)
+                except httputil.HTTPInputError:
+                    raise ApiError(400, "请求体格式错误") from None
+                for name, values in request.body_arguments.items():
+                    request.arguments.setdefault(name, []).extend(values)
+        if self._xsrf_pending:
+            self._xsrf_pending = False
+            try:
+                tornado.web.RequestHandler.check_xsrf_cookie(self)
+            except tornado.web.HTTPError:
+                raise ApiError(403, "XSRF 校验失败，请刷新页面后重试") from None
+
+    def check_xsrf_cookie(self):
+        # Tornado checks before prepare(); a form carries `_xsrf` in its body, read after it.
+        self._xsrf_pending = True
+
+    def on_connection_close(self):
+        self._chunks = None
+        super().on_connection_close()
 
     async def authorize(self, allow: tuple[Role, ...]) -> Principal | None:
         """Find the caller among the accepted kinds; 401 when there is none, 403 when not allowed."""
@@ -128,7 +256,7 @@ class BaseHandler(tornado.web.RequestHandler):
             principal = await self._admin_principal()
             if principal is not None:
                 if self.request.method not in ("GET", "HEAD", "OPTIONS"):
-                    self._verify_xsrf()
+                    self._xsrf_pending = True  # checked once the body (a form's `_xsrf`) is read
                 return principal
         wechat = await self._wechat_principal()
         if wechat is not None and Role.WECHAT in allow:
@@ -178,12 +306,6 @@ class BaseHandler(tornado.web.RequestHandler):
         data = await self.ctx.wechat_sessions.get(sid) if sid else None
         return Principal(Role.WECHAT, "wechat_session", openid=data["openid"]) if data else None
 
-    def _verify_xsrf(self) -> None:
-        try:
-            tornado.web.RequestHandler.check_xsrf_cookie(self)
-        except tornado.web.HTTPError:
-            raise ApiError(403, "XSRF 校验失败，请刷新页面后重试") from None
-
     async def public_url(self, path: str) -> str:
         """An absolute URL of this system: under `cloud_url` when set, else the request's own host."""
         base = await self.ctx.system_settings.cloud_url() or f"{self.request.protocol}://{self.request.host}"
@@ -229,7 +351,7 @@ class APIHandler(BaseHandler):
     body: dict
 
     def check_xsrf_cookie(self):
-        # API callers use keys or WeChat sessions; authorize() checks XSRF for admin browser sessions.
+        # API callers use keys or WeChat sessions; authorize() asks XSRF of admin browser sessions.
         pass
 
     def query_arguments(self) -> dict[str, str]:
@@ -328,3 +450,17 @@ class NotFoundPageHandler(PageHandler):
 
     def prepare(self):
         raise ApiError(404, "页面不存在")
+
+
+@tornado.web.stream_request_body
+class AssetHandler(tornado.web.StaticFileHandler):
+    """The H5 assets (static files): they take no body, so none is ever read."""
+
+    def prepare(self):
+        if self.request.method not in ("GET", "HEAD"):
+            raise tornado.web.HTTPError(405)
+        if self.request.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.request.headers:
+            raise tornado.web.HTTPError(413)
+
+    def data_received(self, chunk: bytes) -> None:
+        pass  # never called: prepare() refused any body

@@ -75,7 +75,7 @@ class AppContext:
 
     async def _periodic(self, interval: float) -> None:
         while True:
-            for job in (self.outbox.sweep, self.visits.remove_koala_subjects):
+            for job in (self.outbox.sweep, self.visits.remove_koala_subjects, self.visits.sweep_images):
                 try:
                     await job()
                 except Exception:  # one failed round must not end the loop

@@ -63,17 +63,34 @@ class KoalaClient:
         name, wanted = name.strip(), normalize_phone(phone)
         if not name or not wanted:
             return None
+        async for subject in self._employees(name):
+            if (subject.get("name") or "").strip() == name and normalize_phone(subject.get("phone")) == wanted:
+                return subject
+        return None
+
+    async def find_employee_by_phone(self, phone: str, name_hint: str = "") -> dict | None:
+        """The employee whose phone is `phone`, or None: looked for among those named like
+        `name_hint` first (one short search when the caller typed the name right), then among all."""
+        wanted = normalize_phone(phone)
+        if not wanted:
+            return None
+        for name in dict.fromkeys([name_hint.strip(), ""]):
+            async for subject in self._employees(name):
+                if normalize_phone(subject.get("phone")) == wanted:
+                    return subject
+        return None
+
+    async def _employees(self, name: str):
+        """Koala's employees whose name contains `name` (all of them for ""), page by page."""
         for page in range(1, MAX_PAGES + 1):
             query = urlencode({"category": "employee", "name": name, "page": page, "size": PAGE_SIZE})
             data = await self._call("GET", "/mobile-admin/subjects/list?" + query)
             items = data.get("data") or []
             for subject in items:
-                if (subject.get("name") or "").strip() == name and normalize_phone(subject.get("phone")) == wanted:
-                    return subject
+                yield subject
             total = (data.get("page") or {}).get("total")
             if not items or (len(items) < PAGE_SIZE if total is None else page >= int(total)):
                 break
-        return None
 
     async def create_visitor(self, *, name: str, phone: str, start_time: int, end_time: int, interviewee: str,
                              come_from: str = "", purpose: int = 0, remark: str = "",

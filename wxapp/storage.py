@@ -31,10 +31,12 @@ INDEXES = {
     "wechat_users": [],
     "settings": [],
     "counters": [],
-    "images": [],
+    # The image sweep walks images in order of creation, asking who names them (records, bindings).
+    "images": [pymongo.IndexModel([("created_at", ASCENDING)], name="created_at")],
     # One binding per WeChat user (_id = openid); a phone bound once per kind.
     "bindings": [
         pymongo.IndexModel([("type", ASCENDING), ("phone", ASCENDING)], unique=True, name="type_phone_unique"),
+        pymongo.IndexModel([("avatar", ASCENDING)], name="avatar"),
     ],
     # Visit records (_id = integer id). Every list is sorted by start_time, then id, descending.
     "records": [
@@ -51,6 +53,9 @@ INDEXES = {
                            name="parties"),
         pymongo.IndexModel([("tokens", ASCENDING)], name="tokens"),
         pymongo.IndexModel([("pending_events", ASCENDING)], name="pending_events"),
+        # Which records name an image (the image sweep).
+        pymongo.IndexModel([("photo", ASCENDING)], name="photo"),
+        pymongo.IndexModel([("retinues.photo", ASCENDING)], name="retinue_photos"),
     ],
     # QR tokens of deleted records: the gate answers "no permission" instead of "unknown".
     "revoked_tokens": [

@@ -12,7 +12,7 @@ from wxapp.security import derive_key
 
 from . import (admin, bindings, config, gatepath, h5, health, media, notifications, oauth, openapi, visits,
                wechat_messages)
-from .base import DEFAULT_BODY_LIMIT, AssetHandler, NotFoundPageHandler, UnknownApiHandler, log_access
+from .base import DEFAULT_BODY_LIMIT, AssetHandler, BodyBudget, NotFoundPageHandler, UnknownApiHandler, log_access
 
 ROOT = Path(__file__).resolve().parent.parent
 _MODULES = (visits, health, bindings, config, notifications, openapi, media, oauth, wechat_messages, h5, admin)
@@ -56,6 +56,7 @@ def make_app(ctx: AppContext, **overrides) -> tornado.web.Application:
         static_path=str(ROOT / "h5"),
         static_url_prefix="/h5/static/",
         static_handler_class=AssetHandler,
+        body_budget=BodyBudget(),
         default_handler_class=NotFoundPageHandler,
         compress_response=True,
         log_function=log_request,

@@ -9,6 +9,7 @@ not authenticated, or whose body is larger than the endpoint accepts (`@api(max_
 `max_body_size`), is answered before any of the body is read, and the connection is closed."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import json
@@ -40,6 +41,10 @@ DEFAULT_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same
 ENVELOPE_HEADERS = {"Content-Type": "application/json; charset=UTF-8", "Cache-Control": "no-store"}
 # The largest body an endpoint accepts unless it declares more: JSON or a form without photos.
 DEFAULT_BODY_LIMIT = 256 * 1024
+# Bodies larger than DEFAULT_BODY_LIMIT (photos) held at once by the process, in bytes. Parsing one
+# takes about three times its size (the bytes, the decoded text, the parsed values), so this bounds
+# what big bodies add to the process at ~200 MB, whoever sends them.
+LARGE_BODIES_IN_FLIGHT = 64 * 1024 * 1024
 # The methods whose handlers receive the body once it has been read in full.
 _BODY_METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
 
@@ -108,6 +113,36 @@ def api(*, allow: Iterable[Role], summary: str, query: Schema | None = None, bod
     return decorate
 
 
+class BodyBudget:
+    """The bytes of large request bodies the process holds at once: a body that does not fit waits
+    (before it is read) for others to finish, and is refused if none does in time. A body is always
+    admitted when no other large one is held, so the largest an endpoint accepts can always come in."""
+
+    def __init__(self, limit: int = LARGE_BODIES_IN_FLIGHT):
+        self.limit = limit
+        self.used = 0
+        self._released = asyncio.Event()
+
+    async def take(self, size: int, wait: float) -> bool:
+        """Reserve `size` bytes, waiting up to `wait` seconds for room; False if there is none."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self.used and self.used + size > self.limit:
+            released = self._released
+            try:
+                await asyncio.wait_for(released.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        """Return bytes reserved with take(), waking those who wait for room."""
+        self.used -= size
+        self._released.set()
+        self._released = asyncio.Event()
+
+
 def _admits_first(prepare):
     """A subclass's prepare(), run after the admission of BaseHandler.prepare."""
     @functools.wraps(prepare)
@@ -146,6 +181,7 @@ class BaseHandler(tornado.web.RequestHandler):
     _body_limit = DEFAULT_BODY_LIMIT
     _body_size = 0
     _chunks: list[bytes] | None = None
+    _reserved = 0  # bytes of the BodyBudget this request holds
     # Redis keys a handler wants read together with the API key (one round trip), and their values.
     prefetch_keys: list[str] = []
     prefetched: dict[str, str | None] = {}
@@ -187,13 +223,20 @@ class BaseHandler(tornado.web.RequestHandler):
             self.principal = await self.authorize(spec.allow)
         self._body_limit = spec.max_body if spec is not None else self.max_body_size
         length = self.request.headers.get("Content-Length")
-        if length is not None:
+        if length is None:
+            # A body without a declared length cannot be reserved for: it may only be small.
+            self._body_limit = min(self._body_limit, DEFAULT_BODY_LIMIT)
+        else:
             try:
                 declared = int(length)
             except ValueError:
                 raise ApiError(400, "Content-Length 请求头无效") from None
             if declared > self._body_limit:
                 raise self.too_large()
+            if declared > DEFAULT_BODY_LIMIT:
+                if not await self.settings["body_budget"].take(declared, self.ctx.config.request_timeout):
+                    raise ApiError(503, "服务器繁忙，请稍后再试")
+                self._reserved = declared
         self._chunks = []
 
     def too_large(self) -> ApiError:
@@ -240,7 +283,16 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def on_connection_close(self):
         self._chunks = None
+        self._release_body()
         super().on_connection_close()
+
+    def on_finish(self):
+        self._release_body()
+
+    def _release_body(self) -> None:
+        if self._reserved:
+            self.settings["body_budget"].give(self._reserved)
+            self._reserved = 0
 
     async def authorize(self, allow: tuple[Role, ...]) -> Principal | None:
         """Find the caller among the accepted kinds; 401 when there is none, 403 when not allowed."""
@@ -368,11 +420,18 @@ class APIHandler(BaseHandler):
         content_type = self.request.headers.get("Content-Type", "")
         if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             return {name: self.get_body_argument(name) for name in self.request.body_arguments}
-        if not self.request.body.strip():
+        raw = self.request.body
+        if not raw or raw.isspace():
             return {}
         try:
-            body = json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError):
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ApiError(400, "请求体不是合法的 JSON") from None
+        # The text replaces the bytes: a body with photos is not held twice while it is parsed.
+        self.request.body = raw = b""
+        try:
+            body = json.loads(text)
+        except ValueError:
             raise ApiError(400, "请求体不是合法的 JSON") from None
         if not isinstance(body, dict):
             raise ApiError(400, "请求体应为 JSON 对象")

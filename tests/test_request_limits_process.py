@@ -2,6 +2,10 @@
 their headers or body are closed after REQUEST_TIMEOUT, and big bodies do not grow the process."""
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
+import os
 import socket
 import threading
 import time
@@ -9,22 +13,31 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tornado.web import create_signed_value
 
 import server as server_module
-from handlers.visits import APPLICATION_MAX_BODY
+from handlers.visits import APPLICATION_MAX_BODY, MAX_RETINUES
 from tests.support import PROCESS_KEY
 from wxapp.config import Config
+from wxapp.context import build_context
+from wxapp.security import derive_key
 
 KIOSK_KEY = "process-test-kiosk-key"
 MB = 1024 * 1024
 
 
+SECRET = "limits-secret"
+
+
+def databases_env(databases) -> dict:
+    return {"MONGO_URI": databases.mongo_uri, "MONGO_DB": "limits_" + uuid.uuid4().hex[:8],
+            "REDIS_URL": databases.redis_url.replace("/0", "/7"), "SECRET_KEY": SECRET}
+
+
 @pytest.fixture
 def server(servers, tmp_path, databases):
     """server.py on the session's databases, with a REQUEST_TIMEOUT of one second."""
-    return servers(DATA_DIR=str(tmp_path / "var"), MONGO_URI=databases.mongo_uri,
-                   MONGO_DB="limits_" + uuid.uuid4().hex[:8], REDIS_URL=databases.redis_url.replace("/0", "/7"),
-                   SECRET_KEY="limits-secret", REQUEST_TIMEOUT="1",
+    return servers(DATA_DIR=str(tmp_path / "var"), REQUEST_TIMEOUT="1", **databases_env(databases),
                    API_KEYS=f"admin:{PROCESS_KEY},kiosk:{KIOSK_KEY}").start()
 
 
@@ -136,3 +149,58 @@ def test_big_bodies_from_anyone_do_not_grow_the_process(server):
     print(f"RSS before {before // 1024} MB, peak {peak // 1024} MB")
     assert peak < 300 * 1024, f"peak RSS {peak // 1024} MB (from {before // 1024} MB)"
     assert peak - before < 50 * 1024, f"peak RSS {peak // 1024} MB (from {before // 1024} MB)"
+
+
+def employee_session(env: dict, tmp_path) -> str:
+    """The session cookie of an employee bound in the server's database (李经理, 13800000002)."""
+    async def make() -> str:
+        ctx = await build_context(Config(mongo_uri=env["MONGO_URI"], mongo_db=env["MONGO_DB"],
+                                         redis_url=env["REDIS_URL"], secret_key=SECRET, data_dir=tmp_path / "ctx"))
+        try:
+            await ctx.storage.bindings.insert_one({
+                "_id": "o-e", "type": "employee", "phone": "13800000002", "name": "李经理", "department": "市场部",
+                "subject_id": 1, "avatar": "", "created_at": time.time()})
+            sid = await ctx.wechat_sessions.create({"openid": "o-e"})
+        finally:
+            await ctx.close()
+        return create_signed_value(derive_key(SECRET, "cookie-signing").hex(), "wx_session", sid).decode()
+    return asyncio.run(make())
+
+
+def test_applications_with_every_photo_at_once_keep_the_process_small(servers, tmp_path, databases):
+    env = databases_env(databases)
+    server = servers(DATA_DIR=str(tmp_path / "var"), **env).start()
+    cookie = employee_session(env, tmp_path)
+    photo = base64.b64encode(b"\xff\xd8\xff" + os.urandom(2 * MB - 3)).decode()
+    now = int(time.time())
+    body = json.dumps({
+        "subject_type": 1, "name": "张三", "phone": "13900000001", "proposer": "13800000002", "interviewee": "李经理",
+        "interviewee_phone": "13800000002", "start_time": now + 3600, "end_time": now + 7200, "photo": photo,
+        "retinues": [{"name": f"随行{i}", "phone": f"137000000{i:02d}", "photo": photo} for i in range(MAX_RETINUES)],
+    }, ensure_ascii=False).encode()
+    head = (f"POST /v1/subject HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Cookie: wx_session={cookie}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    answers = []
+
+    def apply():
+        with connect(server) as sock:
+            sock.settimeout(120)
+            sock.sendall(head + body)
+            answer = b""
+            while not answer.endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            answers.append(json.loads(answer.partition(b"\r\n\r\n")[2])["code"])
+
+    before = rss_kb(server.proc.pid, "VmRSS")
+    threads = [threading.Thread(target=apply) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    peak = rss_kb(server.proc.pid, "VmHWM")
+    print(f"3 x {len(body) // MB} MB applications: RSS before {before // 1024} MB, peak {peak // 1024} MB")
+    assert answers == [0, 0, 0]
+    assert peak < 300 * 1024, f"peak RSS {peak // 1024} MB (from {before // 1024} MB)"

@@ -182,9 +182,6 @@ class BaseHandler(tornado.web.RequestHandler):
     _body_size = 0
     _chunks: list[bytes] | None = None
     _reserved = 0  # bytes of the BodyBudget this request holds
-    # Redis keys a handler wants read together with the API key (one round trip), and their values.
-    prefetch_keys: list[str] = []
-    prefetched: dict[str, str | None] = {}
 
     @property
     def ctx(self) -> AppContext:
@@ -339,7 +336,7 @@ class BaseHandler(tornado.web.RequestHandler):
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise ApiError(401, "Authorization 请求头应为 Bearer <API 密钥>")
-        principal, self.prefetched = await self.ctx.api_keys.authenticate(key.strip(), self.prefetch_keys)
+        principal, _ = await self.ctx.api_keys.authenticate(key.strip(), [])
         if principal is None:
             raise ApiError(401, "API 密钥无效或已停用")
         return principal

@@ -14,11 +14,12 @@ import dataclasses
 import functools
 import json
 import logging
+import re
 from typing import Any, Iterable
 
 import redis.exceptions
 import tornado.web
-from tornado import httputil
+from tornado import httputil, iostream
 from tornado.log import access_log
 
 from wxapp.auth import WECHAT_ROLES, Principal, Role
@@ -45,6 +46,8 @@ DEFAULT_BODY_LIMIT = 256 * 1024
 # takes about three times its size (the bytes, the decoded text, the parsed values), so this bounds
 # what big bodies add to the process at ~200 MB, whoever sends them.
 LARGE_BODIES_IN_FLIGHT = 64 * 1024 * 1024
+# A run of non-ASCII bytes of a UTF-8 text (always whole characters).
+_NON_ASCII = re.compile(rb"[\x80-\xff]+")
 # The methods whose handlers receive the body once it has been read in full.
 _BODY_METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
 
@@ -143,6 +146,43 @@ class BodyBudget:
         self._released = asyncio.Event()
 
 
+# After answering a request refused on its headers, its connection stays open to take (and drop) a
+# body the client sends anyway, until the client pauses this long or this much time has passed, so
+# that the client reads the answer instead of a reset.
+LINGER_SECONDS, LINGER_IDLE_SECONDS = 30.0, 1.0
+_lingering: set[asyncio.Task] = set()
+
+
+class _LingeringStream:
+    """The stream of a request answered before its body was read, as its HTTP connection sees it:
+    when the connection closes it, the stream is taken off the connection and closed only after
+    what the client still sends has been read and dropped (a close with unread data resets the
+    connection, and clients that send the whole body before reading would lose the answer)."""
+
+    def __init__(self, connection, stream: iostream.IOStream):
+        self._connection, self._stream = connection, stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def close(self, exc_info=False) -> None:
+        self._connection.detach()  # HTTP processing of this connection ends here
+        task = asyncio.ensure_future(self._drain_and_close())
+        _lingering.add(task)
+        task.add_done_callback(_lingering.discard)
+
+    async def _drain_and_close(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER_SECONDS
+        try:
+            while loop.time() < deadline:
+                await asyncio.wait_for(self._stream.read_bytes(64 * 1024, partial=True), LINGER_IDLE_SECONDS)
+        except (iostream.StreamClosedError, asyncio.TimeoutError, OSError):
+            pass
+        finally:
+            self._stream.close()
+
+
 def _admits_first(prepare):
     """A subclass's prepare(), run after the admission of BaseHandler.prepare."""
     @functools.wraps(prepare)
@@ -182,6 +222,8 @@ class BaseHandler(tornado.web.RequestHandler):
     _body_size = 0
     _chunks: list[bytes] | None = None
     _reserved = 0  # bytes of the BodyBudget this request holds
+    _gone = False  # the connection closed
+    _body_started = False  # some of the body has been received
 
     @property
     def ctx(self) -> AppContext:
@@ -234,6 +276,8 @@ class BaseHandler(tornado.web.RequestHandler):
                 if not await self.settings["body_budget"].take(declared, self.ctx.config.request_timeout):
                     raise ApiError(503, "服务器繁忙，请稍后再试")
                 self._reserved = declared
+                if self._gone:  # the caller hung up while waiting
+                    self._release_body()
         self._chunks = []
 
     def too_large(self) -> ApiError:
@@ -241,6 +285,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return ApiError(413, f"请求体过大，此接口最多接受 {self._body_limit // 1024} KB", status=413)
 
     def data_received(self, chunk: bytes) -> None:
+        self._body_started = True
         if self._chunks is None or self._finished:
             return
         self._body_size += len(chunk)
@@ -280,11 +325,23 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def on_connection_close(self):
         self._chunks = None
+        self._gone = True
         self._release_body()
         super().on_connection_close()
 
     def on_finish(self):
         self._release_body()
+
+    def finish(self, chunk=None):
+        headers = self.request.headers
+        if not self._finished and not self._body_started and not self._gone and (
+                headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers):
+            # Answered on the headers alone: the body is not read, but its client may be sending it.
+            connection = self.request.connection
+            stream = getattr(connection, "stream", None)
+            if stream is not None and hasattr(connection, "detach"):
+                connection.stream = _LingeringStream(connection, stream)
+        return super().finish(chunk)
 
     def _release_body(self) -> None:
         if self._reserved:
@@ -420,12 +477,17 @@ class APIHandler(BaseHandler):
         raw = self.request.body
         if not raw or raw.isspace():
             return {}
+        # Python keeps a text with any Chinese character at two bytes a character: as JSON escapes,
+        # the names keep a body of base64 photos at one. And the text replaces the bytes, so a body
+        # with photos is held at most twice while it is parsed (see LARGE_BODIES_IN_FLIGHT).
         try:
-            text = raw.decode("utf-8-sig")
+            escaped = _NON_ASCII.sub(lambda run: json.dumps(run.group().decode("utf-8"))[1:-1].encode(),
+                                     raw.removeprefix(b"\xef\xbb\xbf"))
         except UnicodeDecodeError:
             raise ApiError(400, "请求体不是合法的 JSON") from None
-        # The text replaces the bytes: a body with photos is not held twice while it is parsed.
         self.request.body = raw = b""
+        text = escaped.decode("ascii")
+        del escaped
         try:
             body = json.loads(text)
         except ValueError:

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tornado.httpclient import HTTPClient
 from tornado.web import create_signed_value
 
 import server as server_module
@@ -204,3 +205,20 @@ def test_applications_with_every_photo_at_once_keep_the_process_small(servers, t
     print(f"3 x {len(body) // MB} MB applications: RSS before {before // 1024} MB, peak {peak // 1024} MB")
     assert answers == [0, 0, 0]
     assert peak < 300 * 1024, f"peak RSS {peak // 1024} MB (from {before // 1024} MB)"
+
+
+def test_a_client_that_sends_its_whole_body_first_still_reads_the_refusal(server):
+    # Tornado's client, like many, reads the answer only after sending the body: the server answers
+    # on the headers and drops the rest, instead of resetting the connection under it.
+    client = HTTPClient()
+    big = b"x" * (10 * MB)
+    try:
+        for _ in range(5):
+            resp = client.fetch(server.url + "/v1/subject", method="POST", body=big, raise_error=False,
+                                headers={"Content-Type": "application/json"})
+            assert (resp.code, json.loads(resp.body)["code"]) == (401, 401)
+            resp = client.fetch(server.url + "/v1/visit/signin", method="POST", body=big, raise_error=False,
+                                headers={"Content-Type": "application/json", "Authorization": f"Bearer {KIOSK_KEY}"})
+            assert (resp.code, json.loads(resp.body)["code"]) == (413, 413)
+    finally:
+        client.close()

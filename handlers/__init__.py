@@ -13,7 +13,7 @@ from wxapp.security import derive_key
 
 from . import (admin, bindings, config, gatepath, h5, health, media, notifications, oauth, openapi, visits,
                wechat_messages)
-from .base import NotFoundPageHandler, StaticHandler, UnknownApiHandler, log_access
+from .base import DEFAULT_BODY_LIMIT, BodyBudget, NotFoundPageHandler, StaticHandler, UnknownApiHandler, log_access
 
 ROOT = Path(__file__).resolve().parent.parent
 _MODULES = (visits, health, bindings, config, notifications, openapi, media, oauth, wechat_messages, h5, admin)
@@ -23,6 +23,16 @@ def routes() -> list:
     """Every route of the application, the /v1 catch-all last."""
     table = [route for module in _MODULES for route in module.default_handlers]
     return table + [(r"/v1(?:/.*)?", UnknownApiHandler)]
+
+
+def max_body_size() -> int:
+    """The largest request body any route accepts."""
+    limits = [DEFAULT_BODY_LIMIT]
+    for route in routes():
+        for name in ("get", "post", "put", "patch", "delete"):
+            spec = getattr(getattr(route[1], name, None), "api_spec", None)
+            limits.append(spec.max_body if spec else getattr(route[1], "max_body_size", DEFAULT_BODY_LIMIT))
+    return max(limits)
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
@@ -47,6 +57,7 @@ def make_app(ctx: AppContext, **overrides) -> tornado.web.Application:
         static_path=str(ROOT / "h5"),
         static_url_prefix="/h5/static/",
         static_handler_class=StaticHandler,
+        body_budget=BodyBudget(),
         default_handler_class=NotFoundPageHandler,
         compress_response=True,
         log_function=log_request,

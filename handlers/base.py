@@ -2,17 +2,25 @@
 
 Who may call a handler is declared on it with `@api(allow=...)`; the envelope of every
 /v1 answer, success or error, is written by `APIHandler.write_envelope` alone (and, for the gate's
-successes, by the fast path in handlers.gatepath, from the same `envelope`)."""
+successes, by the fast path in handlers.gatepath, from the same `envelope`).
+
+Every handler streams its request body: `prepare()` runs on the headers alone, so a caller who is
+not authenticated, or whose body is larger than the endpoint accepts (`@api(max_body=...)`, else
+`max_body_size`), is answered before any of the body is read; what its client still sends is
+dropped, and the connection closed."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import json
 import logging
+import re
 from typing import Any, Iterable
 
 import redis.exceptions
 import tornado.web
+from tornado import httputil, iostream
 from tornado.log import access_log
 
 from wxapp.auth import WECHAT_ROLES, Principal, Role
@@ -46,6 +54,17 @@ DEFAULT_HEADERS = {
 HSTS_HEADER = ("Strict-Transport-Security", "max-age=31536000")
 # The headers of every /v1 answer besides those.
 ENVELOPE_HEADERS = {"Content-Type": "application/json; charset=UTF-8", "Cache-Control": "no-store"}
+# The largest body an endpoint accepts unless it declares more: JSON or a form without photos.
+DEFAULT_BODY_LIMIT = 256 * 1024
+# Bodies larger than DEFAULT_BODY_LIMIT (photos) held at once by the process, in bytes. Reading and
+# parsing one takes about twice its size at any moment (chunks and their join, then the bytes and
+# their text, then the text and the parsed values), so big bodies add ~130 MB at most to the
+# process, whoever sends them (three 56 MB applications at once: 66 MB before, 245 MB at the peak).
+LARGE_BODIES_IN_FLIGHT = 64 * 1024 * 1024
+# A run of non-ASCII bytes of a UTF-8 text (always whole characters).
+_NON_ASCII = re.compile(rb"[\x80-\xff]+")
+# The methods whose handlers receive the body once it has been read in full.
+_BODY_METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
 
 
 def envelope(code: int, err_msg: str, data: Any = _NO_DATA, page: dict | None = None) -> str:
@@ -81,11 +100,22 @@ def set_security_headers(handler: tornado.web.RequestHandler) -> None:
     handler.clear_header("Server")
 
 
+@tornado.web.stream_request_body
 class StaticHandler(tornado.web.StaticFileHandler):
-    """The static files (CSS, JS, images), with the same security headers as every other answer."""
+    """The static files (CSS, JS, images), with the same security headers as every other answer.
+    They take no body, so none is ever read."""
 
     def set_default_headers(self):
         set_security_headers(self)
+
+    def prepare(self):
+        if self.request.method not in ("GET", "HEAD"):
+            raise tornado.web.HTTPError(405)
+        if self.request.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.request.headers:
+            raise tornado.web.HTTPError(413)
+
+    def data_received(self, chunk: bytes) -> None:
+        pass  # never called: prepare() refused any body
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,20 +130,22 @@ class ApiSpec:
     data: dict | None = None  # JSON Schema of `data` in a success answer
     paged: bool = False
     description: str = ""
+    max_body: int = DEFAULT_BODY_LIMIT  # bytes of request body accepted
 
 
 def api(*, allow: Iterable[Role], summary: str, query: Schema | None = None, body: Schema | None = None,
-        path: Schema | None = None, data: dict | None = None, paged: bool = False, description: str = ""):
-    """Declare an endpoint: authorize the caller, then parse path, query and body before the method runs.
+        path: Schema | None = None, data: dict | None = None, paged: bool = False, description: str = "",
+        max_body: int = DEFAULT_BODY_LIMIT):
+    """Declare an endpoint: who may call it (checked on the headers, before the body is read, as is
+    `max_body`), then parse path, query and body before the method runs.
 
     The method receives the parsed path parameters as keyword arguments; the parsed query and
     body are in `self.query` and `self.body`, the caller in `self.principal`."""
-    spec = ApiSpec(tuple(allow), summary, query, body, path, data, paged, description)
+    spec = ApiSpec(tuple(allow), summary, query, body, path, data, paged, description, max_body)
 
     def decorate(method):
         @functools.wraps(method)
         async def wrapper(self: "BaseHandler", *args, **kwargs):
-            self.principal = await self.authorize(spec.allow)
             if spec.path is not None:
                 kwargs = spec.path.load(kwargs)
             if spec.query is not None:
@@ -128,18 +160,131 @@ def api(*, allow: Iterable[Role], summary: str, query: Schema | None = None, bod
     return decorate
 
 
+class BodyBudget:
+    """The bytes of large request bodies the process holds at once: a body that does not fit waits
+    (before it is read) for others to finish, and is refused if none does in time. A body is always
+    admitted when no other large one is held, so the largest an endpoint accepts can always come in."""
+
+    def __init__(self, limit: int = LARGE_BODIES_IN_FLIGHT):
+        self.limit = limit
+        self.used = 0
+        self._released = asyncio.Event()
+
+    async def take(self, size: int, wait: float) -> bool:
+        """Reserve `size` bytes, waiting up to `wait` seconds for room; False if there is none."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self.used and self.used + size > self.limit:
+            released = self._released
+            try:
+                await asyncio.wait_for(released.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        """Return bytes reserved with take(), waking those who wait for room."""
+        self.used -= size
+        self._released.set()
+        self._released = asyncio.Event()
+
+
+# After answering a request refused on its headers, its connection stays open to take (and drop) a
+# body the client sends anyway, until the client pauses this long or this much time has passed, so
+# that the client reads the answer instead of a reset.
+LINGER_SECONDS, LINGER_IDLE_SECONDS = 30.0, 1.0
+_lingering: set[asyncio.Task] = set()
+
+
+class _LingeringStream:
+    """The stream of a request answered before its body was read, as its HTTP connection sees it:
+    when the connection closes it, the stream is taken off the connection and closed only after
+    what the client still sends has been read and dropped (a close with unread data resets the
+    connection, and clients that send the whole body before reading would lose the answer)."""
+
+    def __init__(self, connection, stream: iostream.IOStream):
+        self._connection, self._stream = connection, stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def close(self, exc_info=False) -> None:
+        self._connection.detach()  # HTTP processing of this connection ends here
+        task = asyncio.ensure_future(self._drain_and_close())
+        _lingering.add(task)
+        task.add_done_callback(_lingering.discard)
+
+    async def _drain_and_close(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER_SECONDS
+        try:
+            while loop.time() < deadline:
+                await asyncio.wait_for(self._stream.read_bytes(64 * 1024, partial=True), LINGER_IDLE_SECONDS)
+        except (iostream.StreamClosedError, asyncio.TimeoutError, OSError):
+            pass
+        finally:
+            self._stream.close()
+
+
+def _admits_first(prepare):
+    """A subclass's prepare(), run after the admission of BaseHandler.prepare."""
+    @functools.wraps(prepare)
+    async def wrapper(self: "BaseHandler"):
+        await BaseHandler.prepare(self)
+        if self._finished:
+            return
+        result = prepare(self)
+        if result is not None:
+            await result
+    return wrapper
+
+
+def _after_body(method):
+    """A handler method, run once the body has been read in full and parsed."""
+    @functools.wraps(method)
+    def wrapper(self: "BaseHandler", *args, **kwargs):
+        if self._finished:  # refused while the body arrived
+            return None
+        self.take_body()
+        return method(self, *args, **kwargs)
+    wrapper.after_body = True
+    return wrapper
+
+
+@tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
-    """Shared by every handler: the context, who is calling, and the security checks."""
+    """Shared by every handler: the context, who is calling, the security checks, and the body:
+    streamed, so that `prepare()` decides on the headers alone whether it is read at all."""
 
     principal: Principal | None = None
-    # Redis keys a handler wants read together with the API key (one round trip), and their values.
-    prefetch_keys: list[str] = []
-    prefetched: dict[str, str | None] = {}
+    # The body accepted by a handler whose method has no @api declaration (pages, forms, WeChat).
+    max_body_size = DEFAULT_BODY_LIMIT
+    _admitted = False
+    _xsrf_pending = False
+    _body_limit = DEFAULT_BODY_LIMIT
+    _body_size = 0
+    _chunks: list[bytes] | None = None
+    _reserved = 0  # bytes of the BodyBudget this request holds
+    _gone = False  # the connection closed
+    _body_started = False  # some of the body has been received
 
     @property
     def ctx(self) -> AppContext:
         """The application context (clients and services)."""
         return self.settings["context"]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Whatever a subclass does in prepare() or its methods, the admission comes first and the
+        # body is complete before a method runs: one path for every handler.
+        own = cls.__dict__.get("prepare")
+        if own is not None:
+            cls.prepare = _admits_first(own)
+        for name in _BODY_METHODS:
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "after_body", False):
+                setattr(cls, name, _after_body(method))
 
     def set_default_headers(self):
         set_security_headers(self)
@@ -152,6 +297,110 @@ class BaseHandler(tornado.web.RequestHandler):
         if self.request.protocol == "https":
             kwargs["secure"] = True
         super().set_cookie(name, value, *args, **kwargs)
+
+    def api_spec(self) -> ApiSpec | None:
+        """The @api declaration of the method this request calls, if it has one."""
+        method = getattr(type(self), self.request.method.lower(), None)
+        return getattr(method, "api_spec", None)
+
+    async def prepare(self):
+        """Admit the request on its headers: the caller of an @api endpoint is authorized, and a
+        declared body larger than the endpoint accepts is refused (413), before a byte of it is read."""
+        if self._admitted:
+            return
+        self._admitted = True
+        spec = self.api_spec()
+        if spec is not None:
+            self.principal = await self.authorize(spec.allow)
+        self._body_limit = spec.max_body if spec is not None else self.max_body_size
+        length = self.request.headers.get("Content-Length")
+        if length is None:
+            # A body without a declared length cannot be reserved for: it may only be small.
+            self._body_limit = min(self._body_limit, DEFAULT_BODY_LIMIT)
+        else:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise ApiError(400, "Content-Length 请求头无效") from None
+            if declared > self._body_limit:
+                raise self.too_large()
+            if declared > DEFAULT_BODY_LIMIT:
+                if not await self.settings["body_budget"].take(declared, self.ctx.config.request_timeout):
+                    raise ApiError(503, "服务器繁忙，请稍后再试")
+                self._reserved = declared
+                if self._gone:  # the caller hung up while waiting
+                    self._release_body()
+        self._chunks = []
+
+    def too_large(self) -> ApiError:
+        """The error of a body larger than this endpoint accepts."""
+        limit = self._body_limit
+        size = f"{limit // (1024 * 1024)} MB" if limit >= 1024 * 1024 else f"{limit // 1024} KB"
+        return ApiError(413, f"请求体过大，此接口最多接受 {size}", status=413)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body_started = True
+        if self._chunks is None or self._finished:
+            return
+        self._body_size += len(chunk)
+        if self._body_size > self._body_limit:  # a chunked body, which declared no length
+            self._chunks = None
+            error = self.too_large()
+            self.send_error(413, exc_info=(ApiError, error, None))
+            return
+        self._chunks.append(chunk)
+
+    def take_body(self) -> None:
+        """Make the streamed body `request.body` (and its form arguments), as Tornado does for a
+        handler that does not stream; then run the XSRF check that needed the form's `_xsrf`."""
+        if self._chunks is not None:
+            chunks, self._chunks = self._chunks, None
+            body = self.request.body = b"".join(chunks)
+            chunks.clear()
+            if body:
+                request = self.request
+                try:
+                    httputil.parse_body_arguments(request.headers.get("Content-Type", ""), body,
+                                                  request.body_arguments, request.files, request.headers)
+                except httputil.HTTPInputError:
+                    raise ApiError(400, "请求体格式错误") from None
+                for name, values in request.body_arguments.items():
+                    request.arguments.setdefault(name, []).extend(values)
+        if self._xsrf_pending:
+            self._xsrf_pending = False
+            try:
+                tornado.web.RequestHandler.check_xsrf_cookie(self)
+            except tornado.web.HTTPError:
+                raise ApiError(403, "XSRF 校验失败，请刷新页面后重试") from None
+
+    def check_xsrf_cookie(self):
+        # Tornado checks before prepare(); a form carries `_xsrf` in its body, read after it.
+        self._xsrf_pending = True
+
+    def on_connection_close(self):
+        self._chunks = None
+        self._gone = True
+        self._release_body()
+        super().on_connection_close()
+
+    def on_finish(self):
+        self._release_body()
+
+    def finish(self, chunk=None):
+        headers = self.request.headers
+        if not self._finished and not self._body_started and not self._gone and (
+                headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers):
+            # Answered on the headers alone: the body is not read, but its client may be sending it.
+            connection = self.request.connection
+            stream = getattr(connection, "stream", None)
+            if stream is not None and hasattr(connection, "detach"):
+                connection.stream = _LingeringStream(connection, stream)
+        return super().finish(chunk)
+
+    def _release_body(self) -> None:
+        if self._reserved:
+            self.settings["body_budget"].give(self._reserved)
+            self._reserved = 0
 
     async def authorize(self, allow: tuple[Role, ...]) -> Principal | None:
         """Find the caller among the accepted kinds; 401 when there is none, 403 when not allowed."""
@@ -167,7 +416,7 @@ class BaseHandler(tornado.web.RequestHandler):
             principal = await self._admin_principal()
             if principal is not None:
                 if self.request.method not in ("GET", "HEAD", "OPTIONS"):
-                    self._verify_xsrf()
+                    self._xsrf_pending = True  # checked once the body (a form's `_xsrf`) is read
                 return principal
         wechat = await self._wechat_principal()
         if wechat is not None and Role.WECHAT in allow:
@@ -198,7 +447,7 @@ class BaseHandler(tornado.web.RequestHandler):
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise ApiError(401, "Authorization 请求头应为 Bearer <API 密钥>")
-        principal, self.prefetched = await self.ctx.api_keys.authenticate(key.strip(), self.prefetch_keys)
+        principal, _ = await self.ctx.api_keys.authenticate(key.strip(), [])
         if principal is None:
             raise ApiError(401, "API 密钥无效或已停用")
         return principal
@@ -216,12 +465,6 @@ class BaseHandler(tornado.web.RequestHandler):
         sid = self._session_id(WECHAT_COOKIE, self.ctx.config.wechat_session_ttl)
         data = await self.ctx.wechat_sessions.get(sid) if sid else None
         return Principal(Role.WECHAT, "wechat_session", openid=data["openid"]) if data else None
-
-    def _verify_xsrf(self) -> None:
-        try:
-            tornado.web.RequestHandler.check_xsrf_cookie(self)
-        except tornado.web.HTTPError:
-            raise ApiError(403, "XSRF 校验失败，请刷新页面后重试") from None
 
     async def public_url(self, path: str) -> str:
         """An absolute URL of this system: under `cloud_url` when set, else the request's own host."""
@@ -271,7 +514,7 @@ class APIHandler(BaseHandler):
     body: dict
 
     def check_xsrf_cookie(self):
-        # API callers use keys or WeChat sessions; authorize() checks XSRF for admin browser sessions.
+        # API callers use keys or WeChat sessions; authorize() asks XSRF of admin browser sessions.
         pass
 
     def query_arguments(self) -> dict[str, str]:
@@ -288,11 +531,23 @@ class APIHandler(BaseHandler):
         content_type = self.request.headers.get("Content-Type", "")
         if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             return {name: self.get_body_argument(name) for name in self.request.body_arguments}
-        if not self.request.body.strip():
+        raw = self.request.body
+        if not raw or raw.isspace():
             return {}
+        # Python keeps a text with any Chinese character at two bytes a character: as JSON escapes,
+        # the names keep a body of base64 photos at one. And the text replaces the bytes, so a body
+        # with photos is held at most twice while it is parsed (see LARGE_BODIES_IN_FLIGHT).
         try:
-            body = json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError):
+            escaped = _NON_ASCII.sub(lambda run: json.dumps(run.group().decode("utf-8"))[1:-1].encode(),
+                                     raw.removeprefix(b"\xef\xbb\xbf"))
+        except UnicodeDecodeError:
+            raise ApiError(400, "请求体不是合法的 JSON") from None
+        self.request.body = raw = b""
+        text = escaped.decode("ascii")
+        del escaped
+        try:
+            body = json.loads(text)
+        except ValueError:
             raise ApiError(400, "请求体不是合法的 JSON") from None
         if not isinstance(body, dict):
             raise ApiError(400, "请求体应为 JSON 对象")

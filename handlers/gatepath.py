@@ -7,7 +7,8 @@ connection: a POST to exactly that path, with a Bearer key, whose JSON body Gate
 schema accepts and whose key may call it. The decision and the gate log are GateHandler's
 (`visits.decide_and_log` / `visits.log_decision`), the answer is `base.envelope` with the same
 headers. Everything else, every error included, is replayed to the normal routing as it arrived,
-so GateHandler answers it exactly as before.
+so GateHandler answers it exactly as before. Only a body of a declared length within GateHandler's
+limit is read here before the key is known; any other goes to the normal routing on its headers.
 
 When the near cache holds the key and the token, the answer is written before `finish()` returns,
 without a task or a trip through the event loop; otherwise a task reads them from Redis (one round
@@ -44,6 +45,12 @@ class Application(tornado.web.Application):
         return super().start_request(server_conn, request_conn)
 
 
+def _small(length: str | None) -> bool:
+    """Whether a body declares a length GateHandler accepts: only such a body is read before the key
+    is checked; any other (too large, chunked, malformed) is GateHandler's to refuse on the headers."""
+    return length is not None and length.isdigit() and int(length) <= SPEC.max_body
+
+
 class _Date:
     """The Date header, formatted once a second."""
 
@@ -67,7 +74,8 @@ class _Dispatch(httputil.HTTPMessageDelegate):
     def headers_received(self, start_line, headers):
         if (start_line.method == "POST" and start_line.path == PATH
                 and headers.get("Authorization", "")[:7].lower() == "bearer "
-                and not headers.get("Content-Type", "").startswith(_FORMS)):
+                and not headers.get("Content-Type", "").startswith(_FORMS)
+                and _small(headers.get("Content-Length"))):
             self.start_line, self.headers, self.chunks = start_line, headers, []
             self.started = time.time()
             # As HTTPServerRequest reads them now (with the X-Real-Ip / X-Scheme of a proxy applied),
@@ -174,7 +182,17 @@ class _Dispatch(httputil.HTTPMessageDelegate):
             context.remote_ip, context.protocol = saved
 
     def _deliver(self) -> None:
-        self.delegate.headers_received(self.start_line, self.headers)
+        admitted = self.delegate.headers_received(self.start_line, self.headers)
+        if admitted is None:
+            self._send_body()
+        else:  # the handler streams its body: it takes it once prepare() has admitted the request
+            self.task = asyncio.ensure_future(self._send_body_after(admitted))
+
+    async def _send_body_after(self, admitted) -> None:
+        await admitted
+        self._send_body()
+
+    def _send_body(self) -> None:
         if self.chunks:
             self.delegate.data_received(b"".join(self.chunks))
         self.delegate.finish()

@@ -1,7 +1,6 @@
 """`python server.py` as an operator runs it: embedded databases, clean shutdown, data kept."""
 from __future__ import annotations
 
-import os
 import signal
 import stat
 import subprocess
@@ -9,13 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
-from wxapp.embedded import free_port
+from tests.support import PROCESS_KEY as KEY, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-KEY = "process-test-admin-key"
 SERVERS = {"koala_ip": "10.1.2.3", "koala_username": "koala@example.com", "koala_password": "pw-1",
            "cloud_url": "https://visit.example.com"}
 
@@ -43,59 +39,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-class Server:
-    """server.py in a child process, with its log in a file."""
-
-    def __init__(self, tmp: Path, **env):
-        self.port = free_port()
-        self.log = tmp / f"server-{self.port}.log"
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "REDIS_", "SECRET_"))}
-        self.env = {**base, "PORT": str(self.port), "API_KEYS": f"admin:{KEY}", "LOG_LEVEL": "INFO", **env}
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "Server":
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if requests.get(self.url + "/healthz", timeout=2).json()["code"] == 0:
-                    return self
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server did not become healthy:\n" + self.log.read_text())
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(60)
-
-    def kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture
-def servers(tmp_path):
-    started = []
-
-    def make(**env) -> Server:
-        server = Server(tmp_path, **env)
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        server.kill()
 
 
 def test_embedded_databases_start_stop_with_the_server_and_keep_data(servers, tmp_path):

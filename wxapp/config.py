@@ -64,6 +64,8 @@ class Config:
     admin_session_ttl: int = 8 * 3600
     # Seconds allowed for one call to WeChat or another outside service.
     http_timeout: float = 10.0
+    # Seconds a client has to send a request's headers, and then its body, before it is disconnected.
+    request_timeout: float = 30.0
 
     def __post_init__(self):
         if self.sms_backend not in SMS_BACKENDS:
@@ -74,6 +76,8 @@ class Config:
             raise ConfigError(f"TIMEZONE {self.timezone!r} is not a known time zone") from exc
         if not 0 < self.port < 65536:
             raise ConfigError(f"PORT {self.port} is out of range")
+        if not self.request_timeout > 0:
+            raise ConfigError(f"REQUEST_TIMEOUT must be a positive number of seconds, not {self.request_timeout}")
         object.__setattr__(self, "wechat_api_base_url", _base_url(self.wechat_api_base_url))
         object.__setattr__(self, "wechat_oauth_base_url", _base_url(self.wechat_oauth_base_url))
 
@@ -100,6 +104,10 @@ class Config:
             port = int(get("PORT", defaults.port))
         except ValueError as exc:
             raise ConfigError(f"PORT must be an integer, not {env.get('PORT')!r}") from exc
+        try:
+            request_timeout = float(get("REQUEST_TIMEOUT", defaults.request_timeout))
+        except ValueError as exc:
+            raise ConfigError(f"REQUEST_TIMEOUT must be a number, not {env.get('REQUEST_TIMEOUT')!r}") from exc
         return cls(
             host=get("HOST", defaults.host),
             port=port,
@@ -123,6 +131,7 @@ class Config:
             aliyun_access_key_id=get("ALIYUN_ACCESS_KEY_ID", ""),
             aliyun_access_key_secret=get("ALIYUN_ACCESS_KEY_SECRET", ""),
             sms_sign_name=get("SMS_SIGN_NAME", ""),
+            request_timeout=request_timeout,
         )
 
     def with_secret_key(self) -> "Config":

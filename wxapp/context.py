@@ -81,7 +81,8 @@ class AppContext:
     async def _periodic(self, interval: float) -> None:
         while True:
             for job in (self.revocations.sweep, self.visits.finish_deletions, self.visits.end_visits,
-                        self.outbox.sweep, self.visits.remove_koala_subjects, self.visits.reconcile_koala_subjects):
+                        self.outbox.sweep, self.visits.remove_koala_subjects, self.visits.reconcile_koala_subjects,
+                        self.visits.sweep_images):
                 try:
                     await job()
                 except Exception:  # one failed round must not end the loop

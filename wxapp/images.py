@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Callable
+from typing import Awaitable, Callable
 
 from bson import Binary
 
@@ -11,6 +11,9 @@ from .security import new_token
 from .storage import Storage
 
 MAX_PHOTO_BYTES = 2 * 1024 * 1024
+# Seconds an image may wait for the record or binding that names it before the sweep removes it.
+SWEEP_GRACE = 3600
+_SWEEP = "image_sweep"  # the counters document: images created before `until` have been looked at
 _KINDS = {b"\xff\xd8\xff": ("image/jpeg", ".jpg"), b"\x89PNG\r\n\x1a\n": ("image/png", ".png")}
 
 
@@ -64,3 +67,29 @@ class Images:
         names = [n for n in names if n]
         if names:
             await self.storage.images.delete_many({"_id": {"$in": names}})
+
+    async def sweep(self, named: Callable[[list[str]], Awaitable[set[str]]], grace: float = SWEEP_GRACE,
+                    batch: int = 200) -> int:
+        """Remove the images that `named` (which of these names does something refer to?) does not
+        claim, once they are `grace` seconds old. Each image is looked at once, in order of creation:
+        a sweep carries on where the last one stopped. Returns how many were removed."""
+        cutoff = self.clock() - grace
+        state = await self.storage.counters.find_one({"_id": _SWEEP})
+        since = state["until"] if state else 0
+        removed, names = 0, []
+        cursor = self.storage.images.find({"created_at": {"$gte": since, "$lt": cutoff}}, {"_id": 1})
+        async for doc in cursor.sort("created_at", 1).batch_size(batch):
+            names.append(doc["_id"])
+            if len(names) == batch:
+                removed += await self._remove_unnamed(names, named)
+                names = []
+        if names:
+            removed += await self._remove_unnamed(names, named)
+        await self.storage.counters.update_one({"_id": _SWEEP}, {"$max": {"until": cutoff}}, upsert=True)
+        return removed
+
+    async def _remove_unnamed(self, names: list[str], named) -> int:
+        orphans = sorted(set(names) - await named(names))
+        if orphans:
+            await self.storage.images.delete_many({"_id": {"$in": orphans}})
+        return len(orphans)

@@ -102,6 +102,18 @@ class KoalaClient:
                 return subject
         return None
 
+    async def find_employee_by_phone(self, phone: str, name_hint: str = "") -> dict | None:
+        """The employee whose phone is `phone`, or None: looked for among those named like
+        `name_hint` first (one short search when the caller typed the name right), then among all."""
+        wanted = normalize_phone(phone)
+        if not wanted:
+            return None
+        for name in dict.fromkeys([name_hint.strip(), ""]):
+            async for subject in self._subjects("employee", name):
+                if normalize_phone(subject.get("phone")) == wanted:
+                    return subject
+        return None
+
     async def marked_visitors(self, name: str = "") -> list[tuple[dict, SubjectMark]]:
         """The visitor subjects this system created (those whose name contains `name`, when given),
         each with its mark."""

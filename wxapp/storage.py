@@ -31,10 +31,12 @@ INDEXES = {
     "wechat_users": [],
     "settings": [],
     "counters": [],
-    "images": [],
+    # The image sweep walks images in order of creation, asking who names them (records, bindings).
+    "images": [pymongo.IndexModel([("created_at", ASCENDING)], name="created_at")],
     # One binding per WeChat user (_id = openid); a phone bound once per kind.
     "bindings": [
         pymongo.IndexModel([("type", ASCENDING), ("phone", ASCENDING)], unique=True, name="type_phone_unique"),
+        pymongo.IndexModel([("avatar", ASCENDING)], name="avatar"),
     ],
     # Visit records (_id = integer id). Every list is sorted by start_time, then id, descending.
     "records": [
@@ -58,6 +60,9 @@ INDEXES = {
         # Revocations a failure left half done (wxapp.revocation, Visits.finish_deletions).
         pymongo.IndexModel([("revoke_pending", ASCENDING)], name="revoke_pending", sparse=True),
         pymongo.IndexModel([("revoked.reason", ASCENDING)], name="revoked_reason", sparse=True),
+        # Which records name an image (the image sweep).
+        pymongo.IndexModel([("photo", ASCENDING)], name="photo"),
+        pymongo.IndexModel([("retinues.photo", ASCENDING)], name="retinue_photos"),
     ],
     # Records whose passes were revoked (_id = record id; see wxapp.revocation): followed by every
     # process, consulted by token when the record is gone, kept until `expires_at`.

@@ -13,7 +13,7 @@ from .gate import NO_PERMISSION, GateCache
 from .lifecycle import Transition, status_of
 from . import lifecycle
 from .images import Images, decode_photo
-from .koala import KoalaClient, KoalaError, KoalaNotConfigured, find_employee
+from .koala import KoalaClient, KoalaError, KoalaNotConfigured
 from .outbox import Outbox
 from .qrcodes import qr_content
 from .paging import page_of
@@ -123,7 +123,10 @@ class Visits:
     # --- applications ----------------------------------------------------------------------
 
     async def apply(self, binding: dict, values: dict) -> dict:
-        """A visitor's application (pending) or an employee's invitation (authorized)."""
+        """A visitor's application (pending) or an employee's invitation (authorized).
+
+        Everything is checked (photos decoded, the interviewee found) before anything is stored,
+        so a refused application leaves no trace."""
         start, end = epoch(values["start_time"], self.tz), epoch(values["end_time"], self.tz)
         if end <= start:
             raise bad_request("参数 end_time 必须晚于 start_time")
@@ -133,54 +136,91 @@ class Visits:
         if binding["type"] == "visitor":
             if values["proposer"] != own or values["phone"] != own:
                 raise ApiError(403, "访客申请时，申请人和访客手机号必须是本人绑定的手机号")
-            department = await self._interviewee_department(values["interviewee"], values["interviewee_phone"])
+        elif values["proposer"] != own or values["interviewee_phone"] != own:
+            raise ApiError(403, "员工邀约时，申请人和被访人手机号必须是本人绑定的手机号")
+        people = [values, *values.get("retinues", [])]
+        for i, person in enumerate(people):
+            self._check_photo(person.get("photo"), "photo" if i == 0 else f"retinues[{i - 1}].photo")
+        if binding["type"] == "visitor":
+            interviewee, department = await self._interviewee(values["interviewee"], values["interviewee_phone"])
             is_auth, status, event = 0, lifecycle.PENDING, "approval_reminder_to_employee"
         else:
-            if values["proposer"] != own or values["interviewee_phone"] != own:
-                raise ApiError(403, "员工邀约时，申请人和被访人手机号必须是本人绑定的手机号")
-            department = binding.get("department", "")
+            interviewee, department = binding.get("name") or values["interviewee"], binding.get("department", "")
             is_auth, status, event = 1, lifecycle.APPROVED, "approval_pass_to_visitor"
-        photo = await self._save_photo(values.get("photo"))
-        retinues = []
-        for item in values.get("retinues", []):
-            retinues.append({"name": item["name"], "phone": item["phone"],
-                             "photo": await self._save_photo(item.get("photo")), "koala_id": 0, "token": ""})
-        record = {
-            "_id": await self.storage.next_id("records"),
-            "subject_type": 1, "name": values["name"], "phone": values["phone"],
-            "purpose": values["purpose"], "remark": values["remark"], "come_from": values["come_from"],
-            "proposer": values["proposer"], "interviewee": values["interviewee"],
-            "interviewee_phone": values["interviewee_phone"], "department": department,
-            "start_time": start, "end_time": end, "photo": photo, "koala_id": 0, "token": "",
-            "retinues": retinues, "tokens": [], "is_auth": is_auth, "status": status, "signin_time": 0,
-            "phones": list(dict.fromkeys([values["phone"], *(r["phone"] for r in retinues)])),
-            "parties": list(dict.fromkeys([values["proposer"], values["phone"]])),
-            "created_by": binding["_id"], "create_time": int(self.clock()),
-            "pending_events": [event],
-        }
-        await self.storage.counters.update_one(
-            {"_id": "longest_visit"}, {"$max": {"seconds": end - start}}, upsert=True)
-        record["grams"] = search_grams(record)
-        await self.storage.records.insert_one(record)
+        photos: list[str] = []
+        try:
+            for person in people:
+                photos.append(await self._save_photo(person.get("photo")))
+            retinues = [{"name": item["name"], "phone": item["phone"], "photo": photo, "koala_id": 0, "token": ""}
+                        for item, photo in zip(values.get("retinues", []), photos[1:])]
+            record = {
+                "_id": await self.storage.next_id("records"),
+                "subject_type": 1, "name": values["name"], "phone": values["phone"],
+                "purpose": values["purpose"], "remark": values["remark"], "come_from": values["come_from"],
+                "proposer": values["proposer"], "interviewee": interviewee,
+                "interviewee_phone": values["interviewee_phone"], "department": department,
+                "start_time": start, "end_time": end, "photo": photos[0], "koala_id": 0, "token": "",
+                "retinues": retinues, "tokens": [], "is_auth": is_auth, "status": status, "signin_time": 0,
+                "phones": list(dict.fromkeys([values["phone"], *(r["phone"] for r in retinues)])),
+                "parties": list(dict.fromkeys([values["proposer"], values["phone"]])),
+                "created_by": binding["_id"], "create_time": int(self.clock()),
+                "pending_events": [event],
+            }
+            # First: lists rely on no stored visit being longer than this (see index_query).
+            await self.storage.counters.update_one(
+                {"_id": "longest_visit"}, {"$max": {"seconds": end - start}}, upsert=True)
+            record["grams"] = search_grams(record)
+            await self.storage.records.insert_one(record)
+        except Exception:
+            # Not stored: the photos go too (or, if even that fails, the image sweep takes them).
+            try:
+                await self.images.delete(photos)
+            except Exception:
+                log.warning("photos %s of an application that failed are left to the image sweep", photos)
+            raise
         await self.outbox.materialize(record["_id"])
         record["pending_events"] = []
         return record
 
-    async def _interviewee_department(self, name: str, phone: str) -> str:
+    async def _interviewee(self, name: str, phone: str) -> tuple[str, str]:
+        """(name, department) of the employee whose phone this is: a bound employee first, else the
+        one in Koala. The name the visitor typed only helps find them; the record keeps the real one."""
         bound = await self.storage.bindings.find_one({"type": "employee", "phone": phone})
         if bound is not None:
-            return bound.get("department", "")
-        employee = await find_employee(self.koala, name, phone, "未找到被访员工，请确认被访人姓名和手机号")
-        return employee.get("department") or ""
+            return bound.get("name") or name, bound.get("department", "")
+        try:
+            employee = await self.koala.find_employee_by_phone(phone, name)
+        except KoalaError as exc:
+            raise upstream_failed(exc.message) from None
+        if employee is None:
+            raise not_found("未找到被访员工，请确认被访人手机号")
+        return (employee.get("name") or "").strip() or name, employee.get("department") or ""
+
+    @staticmethod
+    def _check_photo(value: str | None, field: str) -> None:
+        if value:
+            try:
+                decode_photo(value)
+            except ValueError as exc:
+                raise bad_request(f"参数 {field} {exc}") from None
 
     async def _save_photo(self, value: str | None) -> str:
-        if not value:
-            return ""
-        try:
-            data = decode_photo(value)
-        except ValueError as exc:
-            raise bad_request(f"参数 photo {exc}") from None
-        return await self.images.save(data)
+        # Decoded again rather than kept from the check: one photo in memory at a time, not 21.
+        return await self.images.save(decode_photo(value)) if value else ""
+
+    async def sweep_images(self) -> int:
+        """Remove stored images that no record or binding names (left behind by a failure midway)."""
+        return await self.images.sweep(self._named_images)
+
+    async def _named_images(self, names: list[str]) -> set[str]:
+        named: set[str] = set()
+        for field in ("photo", "retinues.photo"):
+            async for record in self.storage.records.find({field: {"$in": names}}, {"photo": 1, "retinues.photo": 1}):
+                named.add(record.get("photo", ""))
+                named.update(person.get("photo", "") for person in record.get("retinues", []))
+        async for binding in self.storage.bindings.find({"avatar": {"$in": names}}, {"avatar": 1}):
+            named.add(binding["avatar"])
+        return named
 
     # --- lists -------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from tornado.web import create_signed_value
 
 from handlers import make_app
 from tests.fakes import FakeKoala, FakeSms, FakeWeChat
+from tests.processes import Server
 from tests.support import Browser, Clock
 from wxapp.config import Config
 from wxapp.context import build_context
@@ -43,6 +44,21 @@ def databases(tmp_path_factory):
     yield SimpleNamespace(mongo_uri=mongo.uri, redis_url=redis.url, mongo=mongo, redis=redis)
     mongo.stop()
     redis.stop()
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """Start `python server.py` processes (`servers(DATA_DIR=...)`); whatever is left is killed afterwards."""
+    started = []
+
+    def make(**env) -> Server:
+        server = Server(tmp_path, **env)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.kill()
 
 
 @pytest.fixture

@@ -208,7 +208,7 @@ class MongoProcess(ChildProcess):
     `durable` (the default): every commit is flushed before it is acknowledged (`--sync-on-commit`),
     so a write the API confirmed survives `kill -9`. With a folder (not `:memory:`) it runs with
     `--auth`: a SCRAM user with a generated password is created once without auth, and the
-    credentials are kept beside the folder in `mongo-credentials.json` (mode 0600)."""
+    credentials are kept beside the folder in `<folder>-credentials.json` (mode 0600)."""
 
     # SecantusDB's SIGTERM handler deadlocks when a second signal arrives during shutdown,
     # which happens when its parent dies; its storage recovers from its journal after a kill.
@@ -221,7 +221,7 @@ class MongoProcess(ChildProcess):
         if isinstance(storage_path, Path):
             private_dir(storage_path.parent)
             self.storage_arg = str(private_dir(storage_path).resolve())
-            self.credentials_path: Path | None = storage_path.parent / "mongo-credentials.json"
+            self.credentials_path: Path | None = storage_path.parent / f"{storage_path.name}-credentials.json"
             log_path = storage_path.parent / "mongo.log"
             self.password = json.loads(read_or_create_secret(self.credentials_path, lambda: json.dumps(
                 {"user": self.user, "password": secrets.token_hex(24), "created": False})))["password"]
@@ -246,7 +246,8 @@ class MongoProcess(ChildProcess):
         if self.credentials_path is None:
             return
         stored = json.loads(self.credentials_path.read_text())
-        if stored.get("created"):
+        # A new, empty storage folder (the old one removed) has no user yet, whatever the file says.
+        if stored.get("created") and (Path(self.storage_arg) / "WiredTiger").exists():
             return
         import pymongo  # only needed once per data folder
 

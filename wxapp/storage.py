@@ -93,6 +93,7 @@ class Storage:
         concern = self.client.write_concern
         if not concern.document:  # MONGO_URI says nothing: the server's default would not wait for the journal
             concern = WriteConcern(j=True)
+        log.info("MongoDB writes are acknowledged with write concern %s", concern.document)
         self.db = self.client.get_database(db_name, write_concern=concern)
         self.db_name = db_name
 

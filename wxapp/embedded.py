@@ -50,12 +50,11 @@ def make_private(root: Path) -> None:
         return
     os.chmod(root, 0o700)
     for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            os.chmod(os.path.join(folder, name), 0o700)
-        for name in files:
-            path = os.path.join(folder, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o600)
+        for names, mode in ((dirs, 0o700), (files, 0o600)):
+            for name in names:
+                path = os.path.join(folder, name)
+                if not os.path.islink(path):  # not what a link points to, which may be anyone's
+                    os.chmod(path, mode)
 
 
 def read_or_create_secret(path: Path, make) -> str:
@@ -382,7 +381,10 @@ class EmbeddedServices:
         if self._failed is None:
             while not self._stopping.wait(self.check_interval):
                 for item in self.watched:
-                    self._check(item)
+                    try:
+                        self._check(item)
+                    except Exception:  # this thread must outlive its children (parent-death signal)
+                        log.exception("Supervising the embedded %s failed", item.child.name)
         for proc in (self.mongo, self.redis):
             if proc is not None:
                 proc.stop()
@@ -406,7 +408,7 @@ class EmbeddedServices:
                   child.name, child.proc.pid, code, child.port, item.restarts + 1)
         try:
             child.start(ready_timeout=30.0)
-        except EmbeddedError as exc:
+        except (EmbeddedError, OSError) as exc:
             log.error("Embedded %s did not come back: %s", child.name, exc)
             return
         item.restarts += 1

@@ -15,18 +15,19 @@ from handlers import make_app, max_body_size
 from wxapp.config import Config, ConfigError
 from wxapp.context import build_context
 from wxapp.embedded import EmbeddedError, EmbeddedServices
+from wxapp.system_settings import SecretKeyMismatch
 
 log = logging.getLogger("visitor")
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, embedded: EmbeddedServices | None = None) -> None:
     """Build the context and the app, listen, and return after SIGTERM or SIGINT."""
     ctx = await build_context(config)
     ctx.start_background()
     # Everything built so far lives as long as the process: keep it out of the garbage collector's
     # scans, which otherwise pause the gate's hot path now and then.
     gc.freeze()
-    server = tornado.httpserver.HTTPServer(make_app(ctx), **http_server_options(config))
+    server = tornado.httpserver.HTTPServer(make_app(ctx, embedded=embedded), **http_server_options(config))
     server.listen(config.port, config.host)
     log.info("Serving on http://%s:%d/", config.host, config.port)
     stop = asyncio.Event()
@@ -72,12 +73,15 @@ def main() -> int:
             log.info("Redis: embedded redis-server, data in %s", config.data_dir / "redis")
         else:
             log.info("Redis: %s", _redact(config.redis_url))
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, embedded))
     except KeyboardInterrupt:
         log.info("Interrupted")
     except EmbeddedError as exc:
         log.error("%s", exc)
         return 1
+    except SecretKeyMismatch as exc:
+        log.error("Refusing to start: %s", exc)
+        return 2
     finally:
         embedded.stop()
     return 0

@@ -1,4 +1,4 @@
-"""GET /healthz: whether MongoDB and Redis answer (CONTRACT §7)."""
+"""GET /healthz: whether MongoDB and Redis answer (CONTRACT §7), and how the embedded ones fare."""
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +13,9 @@ _TIMEOUT = 2.0
 
 
 class HealthHandler(APIHandler):
-    """For load balancers and monitoring: code 0 when both databases answer, HTTP 503 otherwise."""
+    """For load balancers and monitoring: code 0 when both databases answer, HTTP 503 otherwise.
+    With embedded databases, `embedded` shows each one's state and restarts, and why the server
+    gave up restarting one that kept crashing."""
 
     async def _check(self, ping) -> str:
         try:
@@ -27,7 +29,15 @@ class HealthHandler(APIHandler):
     async def get(self):
         mongo, redis = await asyncio.gather(self._check(self.ctx.storage.ping), self._check(self.ctx.redis.ping))
         data = {"mongo": mongo, "redis": redis}
-        if mongo == redis == "ok":
+        embedded = self.settings.get("embedded")
+        given_up = []
+        if embedded is not None and embedded.health():
+            data["embedded"] = embedded.health()
+            given_up = embedded.given_up()
+        if given_up:
+            self.write_envelope(503, "内嵌数据库反复崩溃，已停止自动重启，请查看日志并重启服务：" + "；".join(given_up),
+                                data, status=503)
+        elif mongo == redis == "ok":
             self.ok(data)
         else:
             self.write_envelope(503, "数据服务暂时不可用", data, status=503)

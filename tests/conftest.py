@@ -11,7 +11,8 @@ from tornado.web import create_signed_value
 
 from handlers import make_app
 from tests.fakes import FakeKoala, FakeSms, FakeWeChat
-from tests.support import Browser, Clock, Server
+from tests.processes import Server
+from tests.support import Browser, Clock
 from wxapp.config import Config
 from wxapp.context import build_context
 from wxapp.embedded import MongoProcess, RedisProcess
@@ -43,6 +44,21 @@ def databases(tmp_path_factory):
     yield SimpleNamespace(mongo_uri=mongo.uri, redis_url=redis.url, mongo=mongo, redis=redis)
     mongo.stop()
     redis.stop()
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """Start `python server.py` processes (`servers(DATA_DIR=...)`); whatever is left is killed afterwards."""
+    started = []
+
+    def make(**env) -> Server:
+        server = Server(tmp_path, **env)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.kill()
 
 
 @pytest.fixture
@@ -237,18 +253,3 @@ def session_of(client, ctx):
         browser.set_cookie("wx_session", create_signed_value(secret, "wx_session", sid).decode())
         return browser
     return make
-
-
-@pytest.fixture
-def servers(tmp_path):
-    """`python server.py` in child processes (make(**env).start()), killed after the test."""
-    started = []
-
-    def make(**env) -> Server:
-        server = Server(tmp_path, **env)
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        server.kill()

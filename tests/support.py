@@ -2,22 +2,11 @@
 from __future__ import annotations
 
 import json as jsonlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from http.cookies import SimpleCookie
-from pathlib import Path
 from urllib.parse import urlencode, urljoin, urlsplit
 
-import requests
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
-
-from wxapp.embedded import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-PROCESS_KEY = "process-test-admin-key"  # the admin API key of a Server
 
 
 class Response:
@@ -136,42 +125,3 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
-
-
-class Server:
-    """server.py in a child process, with its log in a file."""
-
-    def __init__(self, tmp: Path, **env):
-        self.port = free_port()
-        self.log = tmp / f"server-{self.port}.log"
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "REDIS_", "SECRET_"))}
-        self.env = {**base, "PORT": str(self.port), "API_KEYS": f"admin:{PROCESS_KEY}", "LOG_LEVEL": "INFO", **env}
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "Server":
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if requests.get(self.url + "/healthz", timeout=2).json()["code"] == 0:
-                    return self
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server did not become healthy:\n" + self.log.read_text())
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(60)
-
-    def kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()

@@ -11,7 +11,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.conftest import TEMPLATE_IDS
-from tests.support import ROOT, Server
+from tests.processes import ROOT, Server
 from tests.test_visits import application
 
 HOUR = 3600

@@ -18,7 +18,7 @@ from tornado.web import create_signed_value
 
 import server as server_module
 from handlers.visits import APPLICATION_MAX_BODY, MAX_RETINUES
-from tests.support import PROCESS_KEY
+from tests.processes import KEY as PROCESS_KEY
 from wxapp.config import Config
 from wxapp.context import build_context
 from wxapp.security import derive_key

@@ -140,7 +140,9 @@ class Config:
             return self
         path = self.data_dir / "secret_key"
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # DATA_DIR holds secrets and the embedded databases: only this user may enter it.
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.data_dir, 0o700)
             # O_EXCL: two processes starting at once must not write two different keys.
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -122,6 +122,7 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
         await redis.ping()
         await storage.ensure_indexes()
         system_settings = SystemSettings(storage, SecretBox(config.secret_key), clock)
+        await system_settings.check_key()
         wechat_users = WeChatUsers(storage, clock)
         koala = KoalaClient(system_settings.koala_account, redis, timeout=config.http_timeout,
                             system=derive_key(config.secret_key, "koala-subject-mark")[:4].hex())

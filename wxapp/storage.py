@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pymongo
+from pymongo.write_concern import WriteConcern
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, ServerSelectionTimeoutError
 
@@ -93,7 +94,11 @@ INDEXES = {
 
 
 class Storage:
-    """One MongoDB client for the whole process and the application's collections."""
+    """One MongoDB client for the whole process and the application's collections.
+
+    Writes are acknowledged only once journaled (`j: true`), so a write the API confirmed survives
+    a crash of the database. A write concern given in MONGO_URI (`w=majority&journal=true` for a
+    replica set) is used as it is."""
 
     def __init__(self, uri: str, db_name: str, *, timeout_ms: int = 5000):
         self.client = AsyncIOMotorClient(
@@ -103,7 +108,11 @@ class Storage:
             connectTimeoutMS=timeout_ms,
             appname="visitor",
         )
-        self.db = self.client[db_name]
+        concern = self.client.write_concern
+        if not concern.document:  # MONGO_URI says nothing: the server's default would not wait for the journal
+            concern = WriteConcern(j=True)
+        log.info("MongoDB writes are acknowledged with write concern %s", concern.document)
+        self.db = self.client.get_database(db_name, write_concern=concern)
         self.db_name = db_name
 
     def __getattr__(self, name):

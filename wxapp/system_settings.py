@@ -85,6 +85,10 @@ def koala_base_url(koala_ip: str) -> str:
     return koala_ip.rstrip("/") if "://" in koala_ip else f"http://{koala_ip}"
 
 
+class SecretKeyMismatch(RuntimeError):
+    """The stored secrets were encrypted with another SECRET_KEY than this process's."""
+
+
 class SystemSettings:
     """Reads and writes the servers and templates settings; the Koala password is encrypted at rest."""
 
@@ -149,3 +153,30 @@ class SystemSettings:
         update["updated_at"] = self.clock()
         await self.storage.settings.update_one({"_id": "templates"}, {"$set": update}, upsert=True)
         return await self.templates()
+
+    async def check_key(self) -> None:
+        """Refuse a SECRET_KEY that cannot read the stored secrets (raise SecretKeyMismatch).
+
+        The first process to start stores a value encrypted with its key; every later one must
+        decrypt it (and the Koala password), or it would fail at sign-in and reject the first
+        process's sessions."""
+        servers = await self._load("servers")
+        stored = [("the Koala password", servers["koala_password_enc"])] if servers.get("koala_password_enc") else []
+        check = await self._load("secret_key_check")
+        if check.get("value"):
+            stored.insert(0, ("the key check value", check["value"]))
+        for what, token in stored:
+            try:
+                self.box.decrypt(token)
+            except ValueError:
+                raise SecretKeyMismatch(
+                    f"SECRET_KEY cannot decrypt {what} stored in the database: this process's SECRET_KEY is "
+                    "not the one the data was written with. Give every server process the same SECRET_KEY "
+                    "(a server that generated its own keeps it in DATA_DIR/secret_key), as well as the "
+                    "same MONGO_URI and REDIS_URL."
+                ) from None
+        if not check.get("value"):
+            await self.storage.settings.update_one(
+                {"_id": "secret_key_check"},
+                {"$setOnInsert": {"value": self.box.encrypt("visitor"), "created_at": self.clock()}}, upsert=True)
+            await self.check_key()  # two processes starting at once: whichever wrote first decides

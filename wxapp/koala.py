@@ -5,7 +5,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import re
 import uuid
 from http.cookies import CookieError, SimpleCookie
 from typing import Awaitable, Callable
@@ -15,6 +14,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 
 from .errors import not_found, upstream_failed
 from .system_settings import KoalaAccount
+from .validation import normalize_phone
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,12 @@ class KoalaNotConfigured(KoalaError):
         super().__init__(message)
 
 
-def normalize_phone(phone: str) -> str:
-    """A phone number without spaces, dashes or the +86 country code."""
-    digits = re.sub(r"[\s\-]", "", phone or "")
-    if digits.startswith("+86"):
-        digits = digits[3:]
-    elif digits.startswith("86") and len(digits) == 13:
-        digits = digits[2:]
-    return digits
+def _phone_of(subject: dict) -> str:
+    """A Koala subject's phone in its normal form ("" when Koala holds none or nonsense)."""
+    try:
+        return normalize_phone(subject.get("phone") or "")
+    except ValueError:
+        return ""
 
 
 class KoalaClient:
@@ -60,15 +58,19 @@ class KoalaClient:
 
     async def find_employee(self, name: str, phone: str) -> dict | None:
         """The employee whose name is exactly `name` and whose phone is `phone`, or None."""
-        name, wanted = name.strip(), normalize_phone(phone)
-        if not name or not wanted:
+        name = name.strip()
+        try:
+            wanted = normalize_phone(phone)
+        except ValueError:
+            return None
+        if not name:
             return None
         for page in range(1, MAX_PAGES + 1):
             query = urlencode({"category": "employee", "name": name, "page": page, "size": PAGE_SIZE})
             data = await self._call("GET", "/mobile-admin/subjects/list?" + query)
             items = data.get("data") or []
             for subject in items:
-                if (subject.get("name") or "").strip() == name and normalize_phone(subject.get("phone")) == wanted:
+                if (subject.get("name") or "").strip() == name and _phone_of(subject) == wanted:
                     return subject
             total = (data.get("page") or {}).get("total")
             if not items or (len(items) < PAGE_SIZE if total is None else page >= int(total)):

@@ -1,0 +1,117 @@
+"""Rate limits under attack: bursts of concurrent tries, SMS flooding, one phone written three ways,
+and too many applications or invitations (CONTRACT §5)."""
+import asyncio
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.conftest import last_code
+from wxapp.errors import ApiError
+
+PHONE = "13900000001"
+
+
+@pytest.fixture
+def burst(io_loop):
+    """An HTTP client that really sends 64 requests at once (the default one queues beyond 10)."""
+    client = AsyncHTTPClient(force_instance=True, max_clients=64)
+    yield client
+    client.close()
+
+
+async def send_code(browser, phone):
+    return await browser.fetch("/v1/sms/code", "POST", json={"phone": phone})
+
+
+def codes_sent(fakes, phone=None):
+    return [m for m in fakes.sms.sent if m["template_code"] == "SMS_CODE" and phone in (None, m["phone"])]
+
+
+async def blocked_clients(redis, at_least: int) -> int:
+    """Wait until Redis holds `at_least` clients paused by CLIENT PAUSE (or 2 s pass); how many it holds."""
+    for _ in range(200):
+        blocked = (await redis.info("clients"))["blocked_clients"]
+        if blocked >= at_least:
+            break
+        await asyncio.sleep(0.01)
+    return blocked
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_tries_held_up_together_are_judged_in_turn_and_the_sixth_is_not(wechat_login, fakes, configured, ctx):
+    # Redis holds back every write while 39 wrong tries and then the right one arrive; once it lets
+    # them go, five wrong ones void the code before the right one is looked at.
+    browser = await wechat_login("o-v1")
+    await send_code(browser, PHONE)
+    good = last_code(fakes, PHONE)
+    wrong = [f"{n:06d}" for n in range(100) if f"{n:06d}" != good][:39]
+    with pytest.raises(ApiError):  # as in a server that has judged a code before: Redis knows the script
+        await ctx.codes.check("13000000000", "000000")
+    await ctx.redis.execute_command("CLIENT", "PAUSE", 10000, "WRITE")
+    try:
+        tries = [asyncio.ensure_future(ctx.codes.check(PHONE, code)) for code in wrong]
+        assert await blocked_clients(ctx.redis, 39) == 39
+        tries.append(asyncio.ensure_future(ctx.codes.check(PHONE, good)))
+        await blocked_clients(ctx.redis, 40)
+    finally:
+        await ctx.redis.execute_command("CLIENT", "UNPAUSE")
+    results = await asyncio.gather(*tries, return_exceptions=True)
+    assert [getattr(r, "code", r) for r in results] == [400] * 40
+    assert all(isinstance(r, ApiError) and r.message == "验证码错误或已过期" for r in results)
+
+
+@pytest.mark.gen_test
+async def test_one_handset_written_three_ways_is_one_phone_for_codes_and_bindings(wechat_login, fakes, configured,
+                                                                                   ctx):
+    browser = await wechat_login("o-v1")
+    assert (await send_code(browser, "+86 139-0000-0001")).json()["code"] == 0
+    for same in ("8613900000001", PHONE):
+        again = await send_code(browser, same)
+        assert again.status == 429
+        assert "1 分钟" in again.json()["err_msg"]
+    assert [m["phone"] for m in codes_sent(fakes)] == [PHONE]
+    resp = await browser.fetch("/v1/visitor/binding", "POST", json={
+        "weixinUserId": "o-v1", "phone": "8613900000001", "code": last_code(fakes, PHONE)})
+    assert resp.json()["data"]["phone"] == PHONE
+    assert (await ctx.storage.bindings.find_one({"_id": "o-v1"}))["phone"] == PHONE
+
+
+@pytest.mark.gen_test
+async def test_a_handsets_daily_codes_are_counted_together_whatever_its_form(wechat_login, fakes, configured, ctx):
+    browser = await wechat_login("o-v1")
+    forms = ["+8613900000001", "8613900000001", PHONE]
+    for n in range(10):
+        await ctx.redis.delete(f"smscode:wait:{PHONE}")  # a minute passes
+        assert (await send_code(browser, forms[n % 3])).json()["code"] == 0
+    await ctx.redis.delete(f"smscode:wait:{PHONE}")
+    eleventh = await send_code(browser, forms[1])
+    assert eleventh.status == 429
+    assert "明天" in eleventh.json()["err_msg"]
+    assert len(codes_sent(fakes, PHONE)) == 10
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_one_wechat_user_gets_codes_for_at_most_five_phones_an_hour(wechat_login, fakes, configured, burst):
+    browser = await wechat_login("o-v1")
+    browser.client = burst
+    phones = [f"1390000{n:04d}" for n in range(20)]
+    answers = await asyncio.gather(*[send_code(browser, phone) for phone in phones])
+    assert sorted(a.status for a in answers) == [200] * 5 + [429] * 15
+    refused = next(a for a in answers if a.status == 429).json()
+    assert refused == {"code": 429, "err_msg": "1 小时内最多向 5 个不同的手机号发送验证码，请稍后再试"}
+    assert len(codes_sent(fakes)) == 5
+    # A phone already asked for in this hour is not a new one.
+    sent_to = codes_sent(fakes)[0]["phone"]
+    assert (await send_code(browser, sent_to)).json()["err_msg"] == "验证码发送过于频繁，请 1 分钟后再试"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_one_client_address_gets_at_most_twenty_codes_an_hour(wechat_login, fakes, configured):
+    users = [await wechat_login(f"o-v{n}") for n in range(5)]
+    statuses = []
+    for n in range(21):
+        statuses.append((await send_code(users[n // 5], f"1370000{n:04d}")).status)
+    assert statuses == [200] * 20 + [429]
+    last = await send_code(users[4], "13700009999")
+    assert last.json() == {"code": 429, "err_msg": "当前网络发送验证码过于频繁，请 1 小时后再试"}
+    assert len(codes_sent(fakes)) == 20

@@ -9,9 +9,8 @@ import os
 import signal
 import sys
 
-import tornado.httpserver
-
 from handlers import make_app
+from handlers.proxies import ProxiedHTTPServer
 from wxapp.config import Config, ConfigError
 from wxapp.context import build_context
 from wxapp.embedded import EmbeddedError, EmbeddedServices
@@ -26,7 +25,7 @@ async def serve(config: Config) -> None:
     # Everything built so far lives as long as the process: keep it out of the garbage collector's
     # scans, which otherwise pause the gate's hot path now and then.
     gc.freeze()
-    server = tornado.httpserver.HTTPServer(make_app(ctx), xheaders=True)
+    server = ProxiedHTTPServer(make_app(ctx), trusted_proxies=config.trusted_proxies)
     server.listen(config.port, config.host)
     log.info("Serving on http://%s:%d/", config.host, config.port)
     stop = asyncio.Event()

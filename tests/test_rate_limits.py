@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from tests.conftest import last_code
+from tests.conftest import ADMIN_PASSWORD, ADMIN_USER, last_code
 from wxapp.errors import ApiError
 
 PHONE = "13900000001"
@@ -115,3 +115,49 @@ async def test_one_client_address_gets_at_most_twenty_codes_an_hour(wechat_login
     last = await send_code(users[4], "13700009999")
     assert last.json() == {"code": 429, "err_msg": "当前网络发送验证码过于频繁，请 1 小时后再试"}
     assert len(codes_sent(fakes)) == 20
+
+
+async def login_form(browser):
+    """Open the login page once (for its XSRF cookie); returns a function that posts a try."""
+    await browser.fetch("/admin/login")
+
+    async def attempt(password, username=ADMIN_USER, address=None):
+        return await browser.fetch("/admin/login", "POST", headers={"X-Real-Ip": address} if address else None,
+                                   form={"username": username, "password": password, "_xsrf": browser.cookie("_xsrf")})
+    return attempt
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_forty_wrong_passwords_at_once_judge_five_and_the_right_one_after_them_is_refused(client, burst):
+    browser = client()
+    browser.client = burst
+    attempt = await login_form(browser)
+    answers = await asyncio.gather(*[attempt(f"wrong-{n}") for n in range(40)], attempt(ADMIN_PASSWORD))
+    statuses = [a.status for a in answers]
+    assert statuses.count(401) == 5 and statuses.count(429) == 36, statuses
+    assert browser.cookie("admin_session") is None
+
+
+@pytest.mark.gen_test
+async def test_failing_from_one_address_does_not_lock_the_admin_out_of_another(client):
+    attempt = await login_form(client())
+    for _ in range(5):
+        assert (await attempt("wrong", address="203.0.113.7")).status == 401
+    locked = await attempt(ADMIN_PASSWORD, address="203.0.113.7")
+    assert locked.status == 429 and "15 分钟" in locked.text
+    assert (await attempt(ADMIN_PASSWORD, address="198.51.100.2")).status == 302
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_failing_from_many_addresses_locks_the_name_except_where_the_admin_logged_in_before(client, burst):
+    attempt = await login_form(client())
+    assert (await attempt(ADMIN_PASSWORD, address="198.51.100.2")).status == 302  # the admin's office
+    attacker = client()
+    attacker.client = burst
+    attempt = await login_form(attacker)
+    answers = await asyncio.gather(*[attempt("wrong", address=f"203.0.113.{n % 20}") for n in range(40)])
+    statuses = [a.status for a in answers]
+    assert statuses.count(401) == 30 and statuses.count(429) == 10, statuses
+    elsewhere = await attempt(ADMIN_PASSWORD, address="192.0.2.1")
+    assert elsewhere.status == 429 and "以前登录过的网络" in elsewhere.text
+    assert (await attempt(ADMIN_PASSWORD, address="198.51.100.2")).status == 302

@@ -161,3 +161,71 @@ async def test_failing_from_many_addresses_locks_the_name_except_where_the_admin
     elsewhere = await attempt(ADMIN_PASSWORD, address="192.0.2.1")
     assert elsewhere.status == 429 and "以前登录过的网络" in elsewhere.text
     assert (await attempt(ADMIN_PASSWORD, address="198.51.100.2")).status == 302
+
+
+def application(visitor_phone, start, *, interviewee="李经理", interviewee_phone="13800000002", proposer=None):
+    return {"subject_type": 1, "name": "张三", "phone": visitor_phone, "proposer": proposer or visitor_phone,
+            "interviewee": interviewee, "interviewee_phone": interviewee_phone, "start_time": start,
+            "end_time": start + 3600, "purpose": 2}
+
+
+def reminders(fakes, employee_phone="13800000002", openid="o-e1"):
+    sms = [m for m in fakes.sms.sent if m["phone"] == employee_phone and m["template_code"] != "SMS_CODE"]
+    wechat = [m for m in fakes.wechat.templates_sent if m["touser"] == openid]
+    return len(sms), len(wechat)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_fifteen_applications_at_once_make_ten_records_and_one_reminder(bind_visitor, bind_employee, ctx,
+                                                                              fakes, clock, burst):
+    employee = await bind_employee("o-e1", "李经理", "13800000002")
+    visitor = await bind_visitor("o-v1", PHONE)
+    visitor.client = burst
+    now = int(clock())
+    unknown = await visitor.fetch("/v1/subject", "POST", json=application(
+        PHONE, now + 3600, interviewee="无此人", interviewee_phone="13800009999"))
+    assert unknown.status == 404  # refused, so not counted
+    answers = await asyncio.gather(*[visitor.fetch("/v1/subject", "POST", json=application(PHONE, now + 3600 + n))
+                                     for n in range(15)])
+    assert sorted(a.status for a in answers) == [200] * 10 + [429] * 5
+    refused = next(a for a in answers if a.status == 429).json()
+    assert refused == {"code": 429, "err_msg": "今天的访客申请次数已达上限（10 次），请明天再试"}
+    listed = (await employee.fetch("/v1/auth/records?phone=13800000002&size=20")).json()
+    assert listed["page"]["count"] == 10  # every application is listed for the employee
+    await ctx.delivery.run_once()
+    assert reminders(fakes) == (1, 1)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_visitor_reminds_an_employee_again_only_after_a_few_minutes(bind_visitor, bind_employee, ctx,
+                                                                            fakes, clock):
+    await bind_employee("o-e1", "李经理", "13800000002")
+    visitor = await bind_visitor("o-v1", PHONE)
+    other = await bind_visitor("o-v2", "13900000002")
+    start = int(clock()) + 86400
+    for n in range(3):
+        assert (await visitor.fetch("/v1/subject", "POST", json=application(PHONE, start + n))).status == 200
+        clock.advance(100)
+    assert (await other.fetch("/v1/subject", "POST", json=application("13900000002", start))).status == 200
+    await ctx.delivery.run_once()
+    assert reminders(fakes) == (2, 2)  # one for each visitor
+    clock.advance(301)
+    assert (await visitor.fetch("/v1/subject", "POST", json=application(PHONE, start + 9))).status == 200
+    await ctx.delivery.run_once()
+    assert reminders(fakes) == (3, 3)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_employee_invites_at_most_thirty_visitors_a_day(bind_employee, fakes, clock, burst):
+    employee = await bind_employee("o-e1", "李经理", "13800000002")
+    employee.client = burst
+    start = int(clock()) + 3600
+    answers = await asyncio.gather(*[employee.fetch("/v1/subject", "POST", json=application(
+        f"1370000{n:04d}", start, proposer="13800000002")) for n in range(35)])
+    assert sorted(a.status for a in answers) == [200] * 30 + [429] * 5
+    refused = next(a for a in answers if a.status == 429).json()
+    assert refused == {"code": 429, "err_msg": "今天的邀约次数已达上限（30 次），请明天再试"}
+    clock.advance(86400)  # tomorrow
+    again = await employee.fetch("/v1/subject", "POST", json=application("13700009999", start + 86400,
+                                                                         proposer="13800000002"))
+    assert again.status == 200

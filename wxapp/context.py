@@ -19,6 +19,7 @@ from .delivery import DeliveryWorker
 from .gate import GateCache, PassLog
 from .images import Images
 from .koala import KoalaClient
+from .limits import RateLimiter, VisitLimits
 from .nearcache import NearCache
 from .outbox import Outbox
 from .security import SecretBox
@@ -59,6 +60,7 @@ class AppContext:
     gate_cache: GateCache
     pass_log: PassLog
     visits: Visits
+    visit_limits: VisitLimits
     wechat: WeChatApi
     delivery: DeliveryWorker
     sync_redis: SyncRedis
@@ -156,6 +158,7 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             gate_cache=gate_cache,
             pass_log=PassLog(storage),
             visits=visits,
+            visit_limits=VisitLimits(RateLimiter(redis), clock, config.tz),
             wechat=wechat,
             delivery=delivery,
             sync_redis=sync_redis,

@@ -63,6 +63,8 @@ INDEXES = {
         pymongo.IndexModel([("created_at", DESCENDING)], name="created"),
         pymongo.IndexModel([("status", ASCENDING), ("created_at", DESCENDING)], name="status_created"),
         pymongo.IndexModel([("record_id", ASCENDING), ("status", ASCENDING)], name="record_status"),
+        # One reminder per employee, visitor and few minutes (see wxapp.outbox.BATCH_WINDOW).
+        pymongo.IndexModel([("batch", ASCENDING)], unique=True, sparse=True, name="batch_unique"),
     ],
     # Koala subjects still to delete after their record was deleted while Koala was down.
     "koala_cleanup": [],

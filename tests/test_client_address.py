@@ -7,6 +7,7 @@ from tornado.httputil import HTTPHeaders
 from handlers.proxies import TrustedProxies
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USER, GATE_KEY
 from tests.support import set_cookie_headers
+from wxapp.config import Config, ConfigError
 
 
 def trusting(*networks):
@@ -70,3 +71,11 @@ def test_the_client_is_the_last_address_before_our_own_proxies():
     assert proxies.client(HTTPHeaders({"X-Forwarded-For": "junk, 10.0.0.7"}), "127.0.0.1") == "127.0.0.1"
     assert proxies.client(HTTPHeaders({"X-Real-Ip": "203.0.113.5"}), "127.0.0.1") == "203.0.113.5"
     assert "::ffff:10.1.1.1" in proxies and "11.0.0.1" not in proxies and "nonsense" not in proxies
+
+
+def test_trusted_proxies_come_from_the_environment_and_default_to_loopback():
+    assert Config.from_env({}).trusted_proxies == ("127.0.0.0/8", "::1")
+    assert Config.from_env({"TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16"}).trusted_proxies == ("10.0.0.5/32", "10.1.0.0/16")
+    assert Config.from_env({"TRUSTED_PROXIES": "none"}).trusted_proxies == ()
+    with pytest.raises(ConfigError, match="TRUSTED_PROXIES"):
+        Config.from_env({"TRUSTED_PROXIES": "10.0.0.5, proxy.local"})

@@ -74,7 +74,7 @@ def test_the_client_is_the_last_address_before_our_own_proxies():
 
 
 def test_trusted_proxies_come_from_the_environment_and_default_to_loopback():
-    assert Config.from_env({}).trusted_proxies == ("127.0.0.0/8", "::1")
+    assert Config.from_env({}).trusted_proxies == Config().trusted_proxies == ("127.0.0.0/8", "::1/128")
     assert Config.from_env({"TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16"}).trusted_proxies == ("10.0.0.5/32", "10.1.0.0/16")
     assert Config.from_env({"TRUSTED_PROXIES": "none"}).trusted_proxies == ()
     with pytest.raises(ConfigError, match="TRUSTED_PROXIES"):

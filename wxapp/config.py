@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ROLES = ("admin", "kiosk", "gate")
 SMS_BACKENDS = ("aliyun", "log", "off")
-LOOPBACK = ("127.0.0.0/8", "::1")
+LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
 class ConfigError(ValueError):

@@ -128,13 +128,25 @@ async def login_form(browser):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_forty_wrong_passwords_at_once_judge_five_and_the_right_one_after_them_is_refused(client, burst):
+async def test_forty_wrong_passwords_at_once_judge_five_and_the_right_one_after_them_is_refused(client, ctx,
+                                                                                              burst):
+    # Redis holds back every write while the 40 wrong tries and then the right one arrive, so that
+    # they are counted in the order they came, whatever the order of their answers.
     browser = client()
     browser.client = burst
     attempt = await login_form(browser)
-    answers = await asyncio.gather(*[attempt(f"wrong-{n}") for n in range(40)], attempt(ADMIN_PASSWORD))
-    statuses = [a.status for a in answers]
-    assert statuses.count(401) == 5 and statuses.count(429) == 36, statuses
+    assert await ctx.login_throttle.attempt("nobody", "192.0.2.250") is None  # Redis knows the script
+    await ctx.redis.execute_command("CLIENT", "PAUSE", 10000, "WRITE")
+    try:
+        wrong = [asyncio.ensure_future(attempt(f"wrong-{n}")) for n in range(40)]
+        await blocked_clients(ctx.redis, 40)
+        right = asyncio.ensure_future(attempt(ADMIN_PASSWORD))
+        await blocked_clients(ctx.redis, 41)
+    finally:
+        await ctx.redis.execute_command("CLIENT", "UNPAUSE")
+    statuses = [a.status for a in await asyncio.gather(*wrong)]
+    assert statuses.count(401) == 5 and statuses.count(429) == 35, statuses
+    assert (await right).status == 429
     assert browser.cookie("admin_session") is None
 
 

@@ -107,10 +107,15 @@ class Storage:
 
     async def next_id(self, name: str) -> int:
         """The next integer id of a sequence (atomic across processes)."""
-        doc = await self.db.counters.find_one_and_update(
-            {"_id": name}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
-        )
-        return doc["seq"]
+        for _ in range(5):
+            doc = await self.db.counters.find_one_and_update(
+                {"_id": name}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+            )
+            # SecantusDB answers nothing to one of several upserts that create the counter at once;
+            # the counter exists by then, so asking again gives a fresh number.
+            if doc is not None:
+                return doc["seq"]
+        raise RuntimeError(f"counter {name!r} gave no number")
 
     async def drop(self) -> None:
         """Drop the whole database (tests)."""

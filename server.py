@@ -9,9 +9,8 @@ import os
 import signal
 import sys
 
-import tornado.httpserver
-
 from handlers import make_app, max_body_size
+from handlers.proxies import ProxiedHTTPServer
 from wxapp.config import Config, ConfigError
 from wxapp.context import build_context
 from wxapp.embedded import EmbeddedError, EmbeddedServices
@@ -27,7 +26,8 @@ async def serve(config: Config, embedded: EmbeddedServices | None = None) -> Non
     # Everything built so far lives as long as the process: keep it out of the garbage collector's
     # scans, which otherwise pause the gate's hot path now and then.
     gc.freeze()
-    server = tornado.httpserver.HTTPServer(make_app(ctx, embedded=embedded), **http_server_options(config))
+    server = ProxiedHTTPServer(make_app(ctx, embedded=embedded), trusted_proxies=config.trusted_proxies,
+                               **http_server_options(config))
     server.listen(config.port, config.host)
     log.info("Serving on http://%s:%d/", config.host, config.port)
     stop = asyncio.Event()
@@ -45,7 +45,7 @@ def http_server_options(config: Config) -> dict:
     """The outer bounds of every connection: a client that has not sent its headers (or, on a kept-alive
     connection, its next request) or then its body within REQUEST_TIMEOUT seconds is disconnected,
     and no body may exceed the largest an endpoint accepts (each endpoint refuses more on its own)."""
-    return dict(xheaders=True, idle_connection_timeout=config.request_timeout,
+    return dict(idle_connection_timeout=config.request_timeout,
                 body_timeout=config.request_timeout, max_body_size=max_body_size())
 
 

@@ -103,10 +103,11 @@ class IsBindingHandler(BindingHandler):
 class SmsCodeHandler(APIHandler):
     """Send a binding verification code."""
 
-    @api(allow=[Role.WECHAT], summary="发送绑定验证码短信（每号每分钟 1 条、每天 10 条）",
+    @api(allow=[Role.WECHAT], summary="发送绑定验证码短信（每号每分钟 1 条、每天 10 条；每个微信用户每小时最多 5 个号码，"
+                                      "每个客户端地址每小时最多 20 条）",
          body=Schema(phone_field("phone")))
     async def post(self):
-        await self.ctx.codes.send(self.body["phone"])
+        await self.ctx.codes.send(self.body["phone"], openid=self.principal.openid, address=self.request.remote_ip)
         self.ok()
 
 

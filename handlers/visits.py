@@ -101,10 +101,11 @@ class VisitHandler(APIHandler):
 class ApplicationHandler(VisitHandler):
     """3 访客申请（员工邀约或访客申请）."""
 
-    @api(allow=[Role.VISITOR, Role.EMPLOYEE], summary="访客申请（访客）或邀约（员工）", body=APPLICATION,
-         data=RECORD_SCHEMA, max_body=APPLICATION_MAX_BODY)
+    @api(allow=[Role.VISITOR, Role.EMPLOYEE], summary="访客申请（访客每天最多 10 次）或邀约（员工每天最多 30 次）",
+         body=APPLICATION, data=RECORD_SCHEMA, max_body=APPLICATION_MAX_BODY)
     async def post(self):
-        record = await self.ctx.visits.apply(self.principal.binding, self.body)
+        async with self.ctx.visit_limits.applying(self.principal.binding):
+            record = await self.ctx.visits.apply(self.principal.binding, self.body)
         self.ok((await self.present([record]))[0])
 
 

@@ -10,6 +10,7 @@ import pytest
 from tornado.web import create_signed_value
 
 from handlers import make_app
+from handlers.proxies import ProxiedHTTPServer
 from tests.fakes import FakeKoala, FakeSms, FakeWeChat
 from tests.processes import Server
 from tests.support import Browser, Clock
@@ -120,6 +121,16 @@ def ctx(io_loop, config, clock):
 def app(ctx):
     """The Tornado application under test."""
     return make_app(ctx)
+
+
+@pytest.fixture
+def http_server(io_loop, app, config, _unused_port):
+    """The app served as server.py serves it (forwarded headers believed from TRUSTED_PROXIES only)."""
+    server = ProxiedHTTPServer(app, trusted_proxies=config.trusted_proxies)
+    server.add_socket(_unused_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections)
 
 
 @pytest.fixture

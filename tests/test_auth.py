@@ -391,7 +391,7 @@ async def test_five_wrong_passwords_lock_the_name_for_a_while(client, ctx):
     assert locked.status == 429
     assert "15 分钟" in locked.text
     assert browser.cookie("admin_session") is None
-    await ctx.redis.delete(f"loginfail:user:{ADMIN_USER}")  # the window passed
+    await ctx.redis.delete(f"loginfail:pair:{ADMIN_USER}:127.0.0.1")  # the window passed
     assert (await try_login(browser, ADMIN_PASSWORD)).status == 302
 
 

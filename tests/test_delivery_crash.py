@@ -15,7 +15,7 @@ from tests.processes import ROOT, Server
 from tests.test_visits import application
 
 HOUR = 3600
-RECORDS = 10  # 4 notifications each: the reminder and the approval, by WeChat and by SMS
+RECORDS = 20  # invitations, 2 notifications each: the approval, by WeChat and by SMS
 EVENT_OF_TEMPLATE = {template: name.rsplit("_", 2)[0] for name, template in TEMPLATE_IDS.items()}
 
 
@@ -68,13 +68,11 @@ async def test_killed_servers_lose_no_notification_and_repeat_only_sends_in_flig
     names = {}
     for i in range(RECORDS):
         name = f"访客{i:02d}"
-        resp = await visitor.fetch("/v1/subject", "POST", json=application(
-            "13900000001", now + HOUR + i, now + 2 * HOUR, name=name))
-        rid = resp.json()["data"]["id"]
-        assert (await employee.fetch(f"/v1/auth/{rid}", "PUT")).json()["code"] == 0
-        names[rid] = name
+        resp = await employee.fetch("/v1/subject", "POST", json=application(
+            "13900000001", now + HOUR + i, now + 2 * HOUR, name=name, proposer="13800000002"))
+        names[resp.json()["data"]["id"]] = name
     entries = await ctx.storage.outbox.find({}).to_list(None)
-    assert len(entries) == 4 * RECORDS
+    assert len(entries) == 2 * RECORDS
     key_of = {e["_id"]: (e["event"], names[e["record_id"]], e["channel"]) for e in entries}
     for fake in (fakes.wechat, fakes.sms):
         fake.reset()
@@ -113,7 +111,7 @@ async def test_killed_servers_lose_no_notification_and_repeat_only_sends_in_flig
         started.append(await start(Server(tmp_path, **env)))
 
         async def all_sent():
-            return await ctx.storage.outbox.count_documents({"status": "sent"}) == 4 * RECORDS
+            return await ctx.storage.outbox.count_documents({"status": "sent"}) == 2 * RECORDS
         await until(all_sent, 60, "every notification to be sent")
         recovery = time.monotonic() - restarted
     finally:

@@ -4,11 +4,11 @@ import json
 import logging
 
 import pytest
-import tornado.httpserver
 import tornado.testing
 from tornado.tcpclient import TCPClient
 
 from handlers import visits
+from handlers.proxies import ProxiedHTTPServer
 from tests.conftest import ADMIN_KEY, GATE_KEY
 from tests.test_signin_and_gate import approved_visit, signin, until  # noqa: F401 (a fixture)
 from wxapp import gate
@@ -116,7 +116,7 @@ async def test_one_connection_carries_scans_and_refusals_in_turn(passes, http_po
 async def test_behind_a_proxy_the_gates_own_address_is_logged(passes, app, caplog):
     qrcode = await passes()
     sock, port = tornado.testing.bind_unused_port()
-    server = tornado.httpserver.HTTPServer(app, xheaders=True)  # as server.py serves
+    server = ProxiedHTTPServer(app, trusted_proxies=["127.0.0.1"])  # as server.py serves
     server.add_socket(sock)
     stream = await TCPClient().connect("127.0.0.1", port)
     try:

@@ -50,11 +50,11 @@ async def test_koala_password_is_encrypted_at_rest(anonymous, ctx):
 async def test_masked_password_in_a_put_keeps_the_stored_one(anonymous, ctx):
     await anonymous.fetch("/v1/config/servers", "PUT", json=SERVERS, key=ADMIN_KEY)
     resp = await anonymous.fetch("/v1/config/servers", "PUT", key=ADMIN_KEY,
-                                 json={**SERVERS, "koala_ip": "10.0.0.9:8866", "koala_password": "******"})
-    assert resp.json()["data"]["koala_ip"] == "10.0.0.9:8866"
+                                 json={**SERVERS, "koala_username": "other@megvii.com", "koala_password": "******"})
+    assert resp.json()["data"]["koala_username"] == "other@megvii.com"
     account = await ctx.system_settings.koala_account()
     assert account.password == "admin123456"
-    assert account.base_url == "http://10.0.0.9:8866"
+    assert account.base_url == "http://192.168.18.53"
 
 
 @pytest.mark.gen_test

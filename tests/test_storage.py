@@ -70,6 +70,13 @@ async def test_record_ids_are_consecutive_integers(ctx):
 
 
 @pytest.mark.gen_test
+async def test_the_first_ids_asked_for_at_once_are_all_given_and_distinct(ctx):
+    for n in range(16):  # each a counter that does not exist yet
+        ids = await asyncio.gather(*[ctx.storage.next_id(f"new-{n}") for _ in range(20)])
+        assert len(set(ids)) == 20
+
+
+@pytest.mark.gen_test
 async def test_a_crash_between_a_change_and_its_outbox_entries_is_repaired(ctx, clock):
     # A record whose state change was stored with its event, but the process died before the entries.
     await ctx.storage.records.insert_one({

@@ -14,6 +14,7 @@ from typing import Callable
 
 from . import security
 from .errors import ApiError, bad_request, conflict, not_found
+from .limits import Limit, RateLimiter
 from .nearcache import NearCache
 from .storage import DuplicateKeyError, ReturnDocument, Storage
 
@@ -241,35 +242,52 @@ def _dummy_hash() -> str:
 
 
 class LoginThrottle:
-    """Wrong admin passwords: after 5 for one name, or 20 from one address, within 15 minutes,
-    logins are refused until the window passes (in Redis, so every process counts together)."""
+    """Admin password tries, counted before the password is checked (so a burst judges no more than
+    the limit): 5 per name and address and 20 per address per 15 minutes, and 30 per name per hour
+    from addresses the name never logged in from, so that failing on purpose from elsewhere cannot
+    keep an admin out of the addresses they use (in Redis, so every process counts together)."""
 
     WINDOW = 900
-    PER_USER = 5
+    PER_NAME_AND_ADDRESS = 5
     PER_ADDRESS = 20
+    NAME_WINDOW = 3600
+    PER_NAME = 30
+    KNOWN_FOR = 90 * 86400  # an address an admin logged in from stays known this long
 
     def __init__(self, redis):
         self.redis = redis
+        self.limiter = RateLimiter(redis)
 
-    def _keys(self, username: str, address: str) -> tuple[str, str]:
-        return f"loginfail:user:{username.lower()}", f"loginfail:ip:{address}"
+    def _known_key(self, username: str) -> str:
+        return f"loginknown:{username.lower()}"
 
-    async def locked(self, username: str, address: str) -> bool:
-        """Whether logins for this name or from this address are refused now."""
-        user, ip = await self.redis.mget(self._keys(username, address))
-        return int(user or 0) >= self.PER_USER or int(ip or 0) >= self.PER_ADDRESS
+    def _limits(self, username: str, address: str, known: bool) -> list[Limit]:
+        name = username.lower()
+        limits = [Limit(f"loginfail:pair:{name}:{address}", self.PER_NAME_AND_ADDRESS, self.WINDOW,
+                        "密码错误次数过多，请 15 分钟后再试"),
+                  Limit(f"loginfail:ip:{address}", self.PER_ADDRESS, self.WINDOW, "密码错误次数过多，请 15 分钟后再试")]
+        if not known:
+            limits.append(Limit(f"loginfail:user:{name}", self.PER_NAME, self.NAME_WINDOW,
+                                "该用户名密码错误次数过多，请 1 小时后再试，或在以前登录过的网络中登录"))
+        return limits
 
-    async def failed(self, username: str, address: str) -> None:
-        """Count a wrong password."""
+    async def attempt(self, username: str, address: str) -> str | None:
+        """Count a try of `username` from `address`: None when it may be judged, else why not (Chinese)."""
+        known = bool(await self.redis.sismember(self._known_key(username), address))
+        full = await self.limiter.exhausted(*self._limits(username, address, known))
+        return full.message if full else None
+
+    async def succeeded(self, username: str, address: str) -> None:
+        """A right password: the try is not held against anyone, the name's tries from this address are
+        forgotten, and the address becomes one the name is known at."""
+        known = bool(await self.redis.sismember(self._known_key(username), address))
+        limits = self._limits(username, address, known)
+        await self.limiter.give_back(*limits[1:])
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key in self._keys(username, address):
-                pipe.incr(key)
-                pipe.expire(key, self.WINDOW, nx=True)
+            pipe.delete(limits[0].key)
+            pipe.sadd(self._known_key(username), address)
+            pipe.expire(self._known_key(username), self.KNOWN_FOR)
             await pipe.execute()
-
-    async def succeeded(self, username: str) -> None:
-        """A right password clears the name's count."""
-        await self.redis.delete(self._keys(username, "")[0])
 
 
 class WeChatUsers:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -9,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ROLES = ("admin", "kiosk", "gate")
 SMS_BACKENDS = ("aliyun", "log", "off")
+LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
 class ConfigError(ValueError):
@@ -31,6 +33,19 @@ def parse_api_keys(value: str) -> tuple[tuple[str, str], ...]:
             )
         pairs.append((role, key))
     return tuple(pairs)
+
+
+def parse_networks(value: str) -> tuple[str, ...]:
+    """Parse TRUSTED_PROXIES: addresses or networks (`10.0.0.5, 10.1.0.0/16, ::1`); `none` for none."""
+    if value.strip().lower() == "none":
+        return ()
+    networks = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError as exc:
+            raise ConfigError(f"TRUSTED_PROXIES entry {item!r} is not an IP address or network") from exc
+    return tuple(networks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +81,8 @@ class Config:
     http_timeout: float = 10.0
     # Seconds a client has to send a request's headers, and then its body, before it is disconnected.
     request_timeout: float = 30.0
+    # Reverse proxies whose X-Real-Ip / X-Forwarded-For / X-Forwarded-Proto are believed.
+    trusted_proxies: tuple[str, ...] = LOOPBACK
 
     def __post_init__(self):
         if self.sms_backend not in SMS_BACKENDS:
@@ -132,6 +149,7 @@ class Config:
             aliyun_access_key_secret=get("ALIYUN_ACCESS_KEY_SECRET", ""),
             sms_sign_name=get("SMS_SIGN_NAME", ""),
             request_timeout=request_timeout,
+            trusted_proxies=parse_networks(get("TRUSTED_PROXIES", ",".join(defaults.trusted_proxies))),
         )
 
     def with_secret_key(self) -> "Config":

@@ -19,6 +19,7 @@ from .delivery import DeliveryWorker
 from .gate import GateCache, PassLog
 from .images import Images
 from .koala import KoalaClient
+from .limits import RateLimiter, VisitLimits
 from .nearcache import NearCache
 from .outbox import Outbox
 from .revocation import Revocations
@@ -62,6 +63,7 @@ class AppContext:
     revocations: Revocations
     pass_log: PassLog
     visits: Visits
+    visit_limits: VisitLimits
     wechat: WeChatApi
     delivery: DeliveryWorker
     sync_redis: SyncRedis
@@ -169,6 +171,7 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             revocations=revocations,
             pass_log=PassLog(storage),
             visits=visits,
+            visit_limits=VisitLimits(RateLimiter(redis), clock, config.tz),
             wechat=wechat,
             delivery=delivery,
             sync_redis=sync_redis,

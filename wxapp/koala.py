@@ -16,6 +16,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 
 from .errors import not_found, upstream_failed
 from .system_settings import KoalaAccount
+from .validation import normalize_phone
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +66,12 @@ class KoalaNotConfigured(KoalaError):
         super().__init__(message)
 
 
-def normalize_phone(phone: str) -> str:
-    """A phone number without spaces, dashes or the +86 country code."""
-    digits = re.sub(r"[\s\-]", "", phone or "")
-    if digits.startswith("+86"):
-        digits = digits[3:]
-    elif digits.startswith("86") and len(digits) == 13:
-        digits = digits[2:]
-    return digits
+def _phone_of(subject: dict) -> str:
+    """A Koala subject's phone in its normal form ("" when Koala holds none or nonsense)."""
+    try:
+        return normalize_phone(subject.get("phone") or "")
+    except ValueError:
+        return ""
 
 
 class KoalaClient:
@@ -94,23 +93,28 @@ class KoalaClient:
 
     async def find_employee(self, name: str, phone: str) -> dict | None:
         """The employee whose name is exactly `name` and whose phone is `phone`, or None."""
-        name, wanted = name.strip(), normalize_phone(phone)
-        if not name or not wanted:
+        name = name.strip()
+        try:
+            wanted = normalize_phone(phone)
+        except ValueError:
+            return None
+        if not name:
             return None
         async for subject in self._subjects("employee", name):
-            if (subject.get("name") or "").strip() == name and normalize_phone(subject.get("phone")) == wanted:
+            if (subject.get("name") or "").strip() == name and _phone_of(subject) == wanted:
                 return subject
         return None
 
     async def find_employee_by_phone(self, phone: str, name_hint: str = "") -> dict | None:
         """The employee whose phone is `phone`, or None: looked for among those named like
         `name_hint` first (one short search when the caller typed the name right), then among all."""
-        wanted = normalize_phone(phone)
-        if not wanted:
+        try:
+            wanted = normalize_phone(phone)
+        except ValueError:
             return None
         for name in dict.fromkeys([name_hint.strip(), ""]):
             async for subject in self._subjects("employee", name):
-                if normalize_phone(subject.get("phone")) == wanted:
+                if _phone_of(subject) == wanted:
                     return subject
         return None
 

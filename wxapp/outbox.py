@@ -34,6 +34,11 @@ RECIPIENT = {
 }
 assert set(RECIPIENT) == set(EVENTS)
 
+# A visitor's applications to one employee within this many seconds make one reminder (per
+# channel): a burst of applications is not a burst of messages. Every application is still listed.
+BATCH_WINDOW = 300
+BATCHED = {"approval_reminder_to_employee"}
+
 
 class Outbox:
     """Writes outbox entries for records' pending events."""
@@ -67,6 +72,10 @@ class Outbox:
                     "record_id": record_id, "status": "pending", "attempts": 0, "last_error": "",
                     "due_at": now, "created_at": now,
                 }
+                if event in BATCHED:
+                    entry["batch"] = await self._batch(event, channel, to, record["proposer"], now)
+                    if entry["batch"] is None:
+                        continue
                 try:
                     await self.storage.outbox.insert_one(entry)
                     written += 1
@@ -78,6 +87,17 @@ class Outbox:
         if written:
             self.on_write()
         return written
+
+    async def _batch(self, event: str, channel: str, to: str, visitor: str, now: float) -> str | None:
+        """The batch key of a reminder from `visitor` to `to`, unique per BATCH_WINDOW slot (a second
+        one in the same slot is refused by the index), or None when the previous slot's reminder is
+        younger than BATCH_WINDOW."""
+        slot = int(now // BATCH_WINDOW)
+        previous = await self.storage.outbox.find_one(
+            {"batch": f"{event}:{channel}:{to}:{visitor}:{slot - 1}"}, {"created_at": 1})
+        if previous is not None and previous["created_at"] > now - BATCH_WINDOW:
+            return None
+        return f"{event}:{channel}:{to}:{visitor}:{slot}"
 
     async def list(self, status: str | None, page: int, size: int) -> tuple[list[dict], dict]:
         """One page of entries, newest first."""

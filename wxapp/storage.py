@@ -82,6 +82,8 @@ INDEXES = {
         pymongo.IndexModel([("created_at", DESCENDING)], name="created"),
         pymongo.IndexModel([("status", ASCENDING), ("created_at", DESCENDING)], name="status_created"),
         pymongo.IndexModel([("record_id", ASCENDING), ("status", ASCENDING)], name="record_status"),
+        # One reminder per employee, visitor and few minutes (see wxapp.outbox.BATCH_WINDOW).
+        pymongo.IndexModel([("batch", ASCENDING)], unique=True, sparse=True, name="batch_unique"),
     ],
     # Koala subjects still to delete after their record was deleted while Koala was down.
     "koala_cleanup": [],
@@ -132,10 +134,15 @@ class Storage:
 
     async def next_id(self, name: str) -> int:
         """The next integer id of a sequence (atomic across processes)."""
-        doc = await self.db.counters.find_one_and_update(
-            {"_id": name}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
-        )
-        return doc["seq"]
+        for _ in range(5):
+            doc = await self.db.counters.find_one_and_update(
+                {"_id": name}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+            )
+            # SecantusDB answers nothing to one of several upserts that create the counter at once;
+            # the counter exists by then, so asking again gives a fresh number.
+            if doc is not None:
+                return doc["seq"]
+        raise RuntimeError(f"counter {name!r} gave no number")
 
     async def drop(self) -> None:
         """Drop the whole database (tests)."""

@@ -6,12 +6,16 @@ import re
 from typing import Callable
 from urllib.parse import urlsplit
 
+from .errors import bad_request
 from .events import EVENTS, SEED_TEMPLATE_ID_FIELDS, TEMPLATE_ID_FIELDS, TEMPLATE_VALUES
 from .security import SecretBox
 from .storage import Storage
 from .validation import Field, Schema
 
 PASSWORD_MASK = "******"
+# The stored Koala password goes only to the host it was saved for (else anyone able to change the
+# address could have it sent to a host of theirs): a new address needs the password typed again.
+HOST_CHANGED = "考拉主机地址已更改，请重新输入考拉密码"
 
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?)(?::(\d{1,5}))?$")
 _TEMPLATE_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
@@ -85,6 +89,16 @@ def koala_base_url(koala_ip: str) -> str:
     return koala_ip.rstrip("/") if "://" in koala_ip else f"http://{koala_ip}"
 
 
+def _password_host(koala_ip: str) -> str:
+    """Where a Koala password may be sent: the base URL, compared without regard to case."""
+    return koala_base_url(koala_ip).lower()
+
+
+def _stored_password_host(doc: dict) -> str:
+    # Settings saved before passwords were bound to a host: the host they were saved with.
+    return doc.get("koala_password_host") or _password_host(doc.get("koala_ip", ""))
+
+
 class SecretKeyMismatch(RuntimeError):
     """The stored secrets were encrypted with another SECRET_KEY than this process's."""
 
@@ -111,15 +125,19 @@ class SystemSettings:
         }
 
     async def save_servers(self, values: dict) -> dict:
-        """Replace the servers settings; a masked password keeps the stored one."""
+        """Replace the servers settings; a masked password keeps the stored one, for the same Koala
+        host only (400 with another)."""
         update = {
             "koala_ip": values["koala_ip"],
             "koala_username": values["koala_username"],
             "cloud_url": values["cloud_url"],
             "updated_at": self.clock(),
         }
-        if values["koala_password"] != PASSWORD_MASK:
+        if values["koala_password"] == PASSWORD_MASK:
+            await self.stored_password_for(values["koala_ip"])
+        else:
             update["koala_password_enc"] = self.box.encrypt(values["koala_password"])
+            update["koala_password_host"] = _password_host(values["koala_ip"])
         await self.storage.settings.update_one({"_id": "servers"}, {"$set": update}, upsert=True)
         return await self.servers()
 
@@ -132,8 +150,24 @@ class SystemSettings:
         doc = await self._load("servers")
         if not doc.get("koala_ip"):
             return None
-        password = self.box.decrypt(doc["koala_password_enc"]) if doc.get("koala_password_enc") else ""
-        return KoalaAccount(koala_base_url(doc["koala_ip"]), doc.get("koala_username", ""), password)
+        return KoalaAccount(koala_base_url(doc["koala_ip"]), doc.get("koala_username", ""),
+                            self._password(doc, doc["koala_ip"]) or "")
+
+    def _password(self, doc: dict, koala_ip: str) -> str | None:
+        """The stored password if it may go to `koala_ip`: "" when none is stored, None when it was
+        saved for another host."""
+        if not doc.get("koala_password_enc"):
+            return ""
+        if _stored_password_host(doc) != _password_host(koala_ip):
+            return None
+        return self.box.decrypt(doc["koala_password_enc"])
+
+    async def stored_password_for(self, koala_ip: str) -> str:
+        """The stored password, to be sent to `koala_ip`; 400 unless it was saved for that host."""
+        password = self._password(await self._load("servers"), koala_ip)
+        if password is None:
+            raise bad_request(f"参数 koala_password {HOST_CHANGED}")
+        return password
 
     async def templates(self) -> dict:
         """The template settings, with "" for ids never set."""

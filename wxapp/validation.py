@@ -205,17 +205,23 @@ _DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 def normalize_phone(value: str) -> str:
-    """A phone without spaces and dashes; ValueError unless it looks like a phone (CONTRACT §3)."""
-    phone = re.sub(r"[\s-]", "", value)
+    """The one form of a phone, used before every lookup, limit and message: spaces and dashes
+    stripped (CONTRACT §3), and a mainland mobile written `+86139…`, `86139…` or `139…` reduced to
+    its 11 digits, so that one handset is one phone everywhere. ValueError unless it looks like a phone."""
+    phone = re.sub(r"[\s-]", "", value or "")
     if not _PHONE.match(phone):
         raise ValueError("不是有效的手机号码")
-    return phone
+    mobile = _MAINLAND_MOBILE.match(phone)
+    return mobile.group(1) if mobile else phone
 
 
 def mainland_mobile(phone: str) -> str | None:
-    """The 11-digit mainland mobile number inside `phone`, or None (SMS goes only to these)."""
-    match = _MAINLAND_MOBILE.match(phone)
-    return match.group(1) if match else None
+    """The 11-digit mainland mobile number `phone` is, or None (SMS goes only to these)."""
+    try:
+        phone = normalize_phone(phone)
+    except ValueError:
+        return None
+    return phone if _MAINLAND_MOBILE.match(phone) and len(phone) == 11 else None
 
 
 def to_timestamp(raw: Any) -> int | datetime.datetime:

@@ -22,20 +22,19 @@ class LoginHandler(PageHandler):
         password = self.get_body_argument("password", "")
         next_url = safe_next(self.get_body_argument("next", None), HOME)
         throttle, address = self.ctx.login_throttle, self.request.remote_ip
-        if await throttle.locked(username, address):
-            self.render_page("admin/login.html", status=429, next=next_url, username=username,
-                             error="密码错误次数过多，请 15 分钟后再试")
+        refused = await throttle.attempt(username, address)
+        if refused:
+            self.render_page("admin/login.html", status=429, next=next_url, username=username, error=refused)
             return
         if not (username and password) or not await self.ctx.admins.verify(username, password):
-            await throttle.failed(username, address)
             log.warning("failed admin login for %r from %s", username, address)
             self.render_page("admin/login.html", status=401, next=next_url, error="用户名或密码错误",
                              username=username)
             return
-        await throttle.succeeded(username)
+        await throttle.succeeded(username, address)
         sid = await self.ctx.admin_sessions.create({"username": username}, owner=username)
         self.start_session_cookie(ADMIN_COOKIE, sid, self.ctx.config.admin_session_ttl)
-        log.info("admin %r logged in from %s", username, self.request.remote_ip)
+        log.info("admin %r logged in from %s", username, address)
         self.redirect(next_url)
 
 

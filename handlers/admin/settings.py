@@ -7,7 +7,7 @@ import json
 from wxapp.errors import ApiError
 from wxapp.events import EVENT_LABELS, EVENTS, TEMPLATE_VALUES
 from wxapp.koala import KoalaClient, KoalaError
-from wxapp.system_settings import (PASSWORD_MASK, SERVERS_SCHEMA, TEMPLATES_SCHEMA, KoalaAccount,
+from wxapp.system_settings import (HOST_CHANGED, PASSWORD_MASK, SERVERS_SCHEMA, TEMPLATES_SCHEMA, KoalaAccount,
                                    koala_base_url)
 from wxapp.validation import Schema
 
@@ -62,11 +62,16 @@ class SettingsPage(AdminPageHandler):
 
     async def entered_servers(self, names: tuple[str, ...]) -> tuple[dict, dict, dict]:
         """The servers form as entered, its parsed values and its errors; an empty password stands
-        for the stored one."""
+        for the stored one, which is kept for the host it was saved for only."""
         entered = self.form(*SERVER_FIELDS)
         stored = (await self.ctx.system_settings.servers())["koala_password"]
         values = {**entered, "koala_password": entered["koala_password"] or stored}
         parsed, errors = check_fields(SERVERS_SCHEMA, values, names)
+        if parsed.get("koala_password") == PASSWORD_MASK and "koala_ip" in parsed:
+            try:
+                parsed["koala_password"] = await self.ctx.system_settings.stored_password_for(parsed["koala_ip"])
+            except ApiError:
+                errors["koala_password"] = HOST_CHANGED
         return entered, parsed, errors
 
 
@@ -97,8 +102,6 @@ class KoalaTestHandler(SettingsPage):
         if errors:
             await self.show(400, servers=entered, errors=errors)
             return
-        if values["koala_password"] == PASSWORD_MASK:
-            values["koala_password"] = (await self.ctx.system_settings.koala_account()).password
 
         async def account() -> KoalaAccount:
             return KoalaAccount(koala_base_url(values["koala_ip"]), values["koala_username"], values["koala_password"])

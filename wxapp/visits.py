@@ -307,8 +307,7 @@ class Visits:
         """The proposer (or an admin, `binding` None) calls a visit off before sign-in; the other side
         is told."""
         record = await self.get(record_id)
-        if binding is not None and not (binding["phone"] == record["proposer"]
-                                        and record["created_by"] == binding["_id"]):
+        if binding is not None and not self.proposed_by(record, binding):
             raise ApiError(403, "只有预约的申请人可以取消该预约")
         by_visitor = binding is not None and binding["type"] == "visitor"
         event = "cancel_to_employee" if by_visitor else "cancel_to_visitor"
@@ -316,6 +315,11 @@ class Visits:
                                      also={"cancelled_at": int(self.clock()),
                                            "cancelled_by": "visitor" if by_visitor else
                                            ("employee" if binding is not None else "admin")})
+
+    @staticmethod
+    def proposed_by(record: dict, binding: dict) -> bool:
+        """Whether a bound user made this application or invitation (and so may cancel it)."""
+        return binding["phone"] == record["proposer"] and record.get("created_by") == binding["_id"]
 
     async def sign_out(self, phone: str) -> dict:
         """Check out today's signed-in visit of a phone (the visitor's or a retinue's) at the kiosk."""

@@ -565,10 +565,23 @@ class Visits:
             done += 1
         return done
 
-    async def remove_koala_subjects(self) -> int:
-        """Delete Koala subjects of deleted records; what fails stays queued for the next try."""
+    async def failing_koala_removals(self, limit: int = 200) -> list[dict]:
+        """Queued Koala removals that have failed at least once, oldest first."""
+        jobs = await self.storage.koala_cleanup.find({"attempts": {"$gte": 1}}).sort(
+            [("attempts", 1), ("created_at", 1)]).limit(limit).to_list(limit)
+        return sorted(jobs, key=lambda job: job["created_at"])
+
+    async def retry_koala_removal(self, job_id: str) -> int:
+        """Try one queued Koala removal now; how many of its subjects are still to delete."""
+        await self.remove_koala_subjects(only=job_id)
+        job = await self.storage.koala_cleanup.find_one({"_id": job_id}, {"subject_ids": 1})
+        return len(job["subject_ids"]) if job else 0
+
+    async def remove_koala_subjects(self, only: str | None = None) -> int:
+        """Delete the queued Koala subjects (of one queued removal, `only` its _id); what fails stays
+        queued for the next try."""
         done = 0
-        async for job in self.storage.koala_cleanup.find({}):
+        async for job in self.storage.koala_cleanup.find({} if only is None else {"_id": only}):
             remaining = []
             for subject_id in job["subject_ids"]:
                 try:

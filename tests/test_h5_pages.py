@@ -126,6 +126,8 @@ async def test_only_the_proposer_is_offered_cancelling_and_the_page_then_shows_i
     page = (await visitor.fetch(f"/h5/records/{rid}")).text
     assert 'id="cancel-visit"' in page and "确定取消吗" in page
     assert 'id="cancel-visit"' not in (await employee.fetch(f"/h5/records/{rid}")).text  # the interviewee declines instead
+    refused = await employee.fetch(f"/v1/visit/records/{rid}/cancel", "POST")
+    assert (refused.status, refused.json()["err_msg"]) == (403, "只有预约的申请人可以取消该预约")
     assert (await visitor.fetch(f"/v1/visit/records/{rid}/cancel", "POST")).json()["code"] == 0
     page = (await visitor.fetch(f"/h5/records/{rid}")).text
     assert "status-已取消" in page and "本次预约已取消" in page

@@ -58,7 +58,7 @@ class H5Handler(PageHandler):
             "status": lifecycle.LABELS[state], "state": state, "is_auth": record["is_auth"],
             "pending": state == lifecycle.PENDING,
             # Declining and cancelling are open until sign-in (CONTRACT §9).
-            "undecided": state in (lifecycle.PENDING, lifecycle.APPROVED),
+            "undecided": state in lifecycle.DECLINE.sources,
             "decline_reason": record.get("decline_reason", "") if state == lifecycle.DECLINED else "",
             "retinues": [r["name"] for r in record["retinues"]],
             "passes": [{"name": p["name"], "phone": p["phone"], "src": f"/qrcode/{p['token']}.png"}

@@ -1,5 +1,6 @@
 """/admin: declining and cancelling a visit, the status filter, Koala removals that keep failing, and
 who the dashboard counts as on site now (CONTRACT §9)."""
+import datetime
 import json
 
 import pytest
@@ -135,3 +136,21 @@ async def test_on_site_now_counts_only_people_inside(admin, journey, ctx, anonym
     out = await anonymous.fetch("/v1/visit/signout", "POST", json={"phone": "13900000001"}, key=KIOSK_KEY)
     assert out.json()["code"] == 0  # checked out at the kiosk: nobody of the visit counts as inside
     assert figure((await admin.fetch("/admin/")).text, "stat-on-site") == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_declined_and_cancelled_visits_are_no_longer_expected_today(admin, ctx, clock):
+    from tests.test_admin_dashboard import figure
+    now = datetime.datetime.fromtimestamp(clock(), ctx.config.tz)  # noon: the visits stay on today
+    clock.advance(now.replace(hour=12, minute=0, second=0).timestamp() - clock())
+    for n in range(4):
+        await invite(ctx, f"访客{n}", f"1390000000{n}", clock() + 600 + n)
+    waiting = await invite(ctx, "待批访客", "13900000009", clock() + 900)
+    await ctx.storage.records.update_one({"_id": waiting}, {"$set": {"is_auth": 0, "status": "pending"}})
+    html = (await admin.fetch("/admin/")).text
+    assert figure(html, "stat-expected") == 5 and "其中待审批 1" in html
+    await ctx.visits.decline(1, None, "")
+    await ctx.visits.cancel(2, None)
+    await ctx.visits.decline(waiting, None, "")
+    html = (await admin.fetch("/admin/")).text
+    assert figure(html, "stat-expected") == 2 and "其中待审批 0" in html

@@ -20,7 +20,7 @@ class Day:
 
     start: int  # Unix time the day begins
     label: str  # as the chart shows it: 11-29
-    expected: int = 0  # visits whose time overlaps the day
+    expected: int = 0  # visits whose time overlaps the day, unless declined or cancelled
     pending: int = 0  # of those, still awaiting approval
     signed_in: int = 0  # visits signed in at a kiosk that day
     people_signed_in: int = 0  # the people of those visits (visitor and retinues)
@@ -57,8 +57,10 @@ class Stats:
             people = 1 + len(record.get("retinues", []))
             if lifecycle.effective(record, now) == lifecycle.SIGNED_IN:
                 inside.add(record["_id"])
+            # A declined or cancelled visit is not expected any more.
+            called_off = lifecycle.status_of(record) in (lifecycle.DECLINED, lifecycle.CANCELLED)
             for day, start, end in zip(result, starts, ends):
-                if record["start_time"] < end and record["end_time"] > start:
+                if record["start_time"] < end and record["end_time"] > start and not called_off:
                     day.expected += 1
                     day.pending += 0 if record["is_auth"] else 1
                 if start <= record["signin_time"] < end:

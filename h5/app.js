@@ -16,9 +16,11 @@
     });
   }
 
-  function toast(text, then) {
+  function toast(text, then, failed) {
     var box = document.getElementById("toast");
     document.getElementById("toast-text").textContent = text;
+    box.querySelector(".weui-icon_toast").className =
+      (failed ? "weui-icon-warn" : "weui-icon-success-no-circle") + " weui-icon_toast";
     box.hidden = false;
     setTimeout(function () { box.hidden = true; if (then) { then(); } }, 1200);
   }
@@ -165,20 +167,80 @@
     });
   }
 
+  function setStatus(item, label) {
+    var status = item.querySelector(".status");
+    status.textContent = label;
+    status.className = "status status-" + label;
+  }
+
+  // 同意来访 at once; 拒绝 through the sheet, with an optional reason the visitor is told.
   function approvals(items) {
+    var sheet = byId("decline-sheet");
+    var reason = byId("decline-reason");
+    var error = byId("decline-error");
+    var confirm = byId("decline-confirm");
+    var current = null;
+
+    function close() { sheet.hidden = true; current = null; }
+
     items.forEach(function (item) {
-      var button = item.querySelector(".authorize");
-      if (!button) { return; }
-      button.addEventListener("click", function () {
-        button.disabled = true;
-        api("PUT", "/v1/auth/" + item.dataset.id).then(function (res) {
-          if (res.code !== 0) { button.disabled = false; toast(res.err_msg); return; }
-          var status = item.querySelector(".status");
-          status.textContent = "已授权";
-          status.className = "status status-已授权";
-          button.remove();
-          toast("已同意");
+      var approve = item.querySelector(".authorize");
+      var decline = item.querySelector(".decline");
+      if (approve) {
+        approve.addEventListener("click", function () {
+          approve.disabled = true;
+          api("PUT", "/v1/auth/" + item.dataset.id).then(function (res) {
+            if (res.code !== 0) { approve.disabled = false; toast(res.err_msg, null, true); return; }
+            setStatus(item, "已授权");
+            approve.remove();
+            toast("已同意");
+          });
         });
+      }
+      if (decline) {
+        decline.addEventListener("click", function () {
+          current = item;
+          reason.value = "";
+          byId("decline-count").textContent = "0";
+          byId("decline-who").textContent = item.dataset.name;
+          error.hidden = true;
+          confirm.disabled = false;
+          sheet.hidden = false;
+          reason.focus();
+        });
+      }
+    });
+    if (!sheet) { return; }
+    reason.addEventListener("input", function () { byId("decline-count").textContent = reason.value.length; });
+    byId("decline-cancel").addEventListener("click", close);
+    byId("decline-mask").addEventListener("click", close);
+    confirm.addEventListener("click", function () {
+      var item = current;
+      confirm.disabled = true;
+      api("POST", "/v1/auth/" + item.dataset.id + "/decline", { reason: reason.value.trim() }).then(function (res) {
+        confirm.disabled = false;
+        if (res.code !== 0) { error.textContent = res.err_msg; error.hidden = false; return; }
+        close();
+        setStatus(item, "已拒绝");
+        item.querySelector(".actions").remove();
+        toast("已拒绝");
+      });
+    });
+  }
+
+  // 取消预约 on the record page, after a confirmation; the page then shows the visit cancelled.
+  function cancelVisit(button) {
+    var dialog = byId("confirm");
+    var confirm = byId("confirm-cancel");
+    button.addEventListener("click", function () { dialog.hidden = false; });
+    byId("keep-visit").addEventListener("click", function () { dialog.hidden = true; });
+    confirm.addEventListener("click", function () {
+      confirm.disabled = true;
+      api("POST", "/v1/visit/records/" + button.dataset.id + "/cancel").then(function (res) {
+        dialog.hidden = true;
+        confirm.disabled = false;
+        if (res.code !== 0) { toast(res.err_msg, null, true); return; }
+        toast("预约已取消", function () { location.reload(); });
       });
     });
   }
@@ -202,5 +264,6 @@
   if (byId("apply-form")) { applyForm(byId("apply-form")); }
   if (byId("records")) { loadMore(byId("more"), byId("records")); }
   if (byId("unbind")) { unbind(byId("unbind")); }
+  if (byId("cancel-visit")) { cancelVisit(byId("cancel-visit")); }
   approvals(document.querySelectorAll(".approval"));
 })();

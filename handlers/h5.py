@@ -57,6 +57,9 @@ class H5Handler(PageHandler):
             "time": f"{when(record['start_time'], '%H:%M')} - {when(record['end_time'], '%H:%M')}",
             "status": lifecycle.LABELS[state], "state": state, "is_auth": record["is_auth"],
             "pending": state == lifecycle.PENDING,
+            # Declining and cancelling are open until sign-in (CONTRACT §9).
+            "undecided": state in lifecycle.DECLINE.sources,
+            "decline_reason": record.get("decline_reason", "") if state == lifecycle.DECLINED else "",
             "retinues": [r["name"] for r in record["retinues"]],
             "passes": [{"name": p["name"], "phone": p["phone"], "src": f"/qrcode/{p['token']}.png"}
                        for p in people if state == lifecycle.SIGNED_IN and p.get("token")],
@@ -112,7 +115,9 @@ class RecordHandler(H5Handler):
         record = await self.ctx.visits.get(int(record_id))
         if not self.ctx.visits.visible_to(record, self.binding):
             raise ApiError(403, "这不是您的访客记录")
-        self.render_h5("record.html", item=self.item(record))
+        item = self.item(record)
+        can_cancel = item["undecided"] and self.ctx.visits.proposed_by(record, self.binding)
+        self.render_h5("record.html", item=item, can_cancel=can_cancel)
 
 
 class ApprovalsHandler(H5Handler):

@@ -119,3 +119,44 @@ async def test_admin_follows_a_visit_through_the_gate_log_and_the_notifications(
         assert await page.inner_text("#stat-passed .value") == "2"
         await p.shot("home")
         assert not p.unexpected_errors()
+
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_admin_declines_a_visit_filters_by_status_and_retries_koala_work(
+        http_server, base_url, journey, ctx, clock, fakes, anonymous, request):
+    from tests.conftest import KIOSK_KEY
+    signed = await journey()
+    rid = await invite(ctx, "王五", "13900000005", clock() + 3600)
+    fakes.koala.fail_next(100)  # Koala refuses: the removal after sign-out stays queued
+    await anonymous.fetch("/v1/visit/signout", "POST", json={"phone": "13900000001"}, key=KIOSK_KEY)
+    async with desktop(request.node.name) as p:
+        page = p.page
+        await log_into_admin(p, base_url, ADMIN_USER, ADMIN_PASSWORD, f"/admin/records/{rid}")
+        await p.shot("approved-visit")
+        await page.click("#decline")
+        await page.wait_for_url(re.compile(rf"/admin/records/{rid}/decline"))
+        await page.fill("#reason", "当天会议室已满")
+        await p.shot("decline-confirm")
+        await page.click("#confirm-move")
+        await page.wait_for_url(re.compile(rf"/admin/records/{rid}\?done=declined"))
+        assert "已拒绝来访" in await page.inner_text(".alert-success")
+        assert "已拒绝" in await page.inner_text("h1 .badge")
+        assert await page.locator("#decline, #cancel").count() == 0
+        await p.shot("declined")
+        await page.goto(base_url + "/admin/records")
+        await page.select_option("#f-status", "declined")
+        await page.click("#filters button[type=submit]")
+        await page.wait_for_url(re.compile(r"/admin/records\?.*status=declined"))
+        rows = page.locator("#records tbody tr")
+        assert await rows.count() == 1 and "王五" in await rows.inner_text()
+        await p.shot("filtered-declined")
+        await page.click("nav >> text=考拉同步")
+        await page.wait_for_url(base_url + "/admin/koala")
+        assert f"#{signed}" in await page.inner_text("#koala-work")
+        await p.shot("koala-failing")
+        fakes.koala.reset()  # Koala answers again
+        await page.click("#koala-work >> text=重试")
+        await page.wait_for_url(re.compile(r"/admin/koala\?done=koala_cleared"))
+        assert "没有失败的考拉删除任务" in await page.inner_text("main")
+        await p.shot("koala-cleared")
+        assert p.errors == []

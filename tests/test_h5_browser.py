@@ -157,3 +157,66 @@ async def test_after_kiosk_signin_the_visitor_sees_every_qr_code(site, fakes, ct
         assert all(natural > 0 and shown >= 240 for natural, shown in sizes)
         assert "屏幕亮度" in await page.inner_text(".passes")
         assert p.errors == []
+
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_employee_declines_in_the_sheet_and_a_refusal_is_shown_in_chinese(
+        site, fakes, ctx, bind_visitor, bind_employee, request):
+    await bind_employee("o-e1", "李经理", "13800000002", "市场部")
+    visitor = await bind_visitor("o-v1", "13900000001")
+    now = int(ctx.clock())
+    for offset, name in ((7200, "张三"), (3600, "王五")):
+        await visitor.fetch("/v1/subject", "POST", json={
+            "subject_type": 1, "name": name, "phone": "13900000001", "proposer": "13900000001",
+            "interviewee": "李经理", "interviewee_phone": "13800000002",
+            "start_time": now + offset, "end_time": now + offset + 3600})
+    async with phone(request.node.name) as p:
+        page = p.page
+        await wechat_open(p, site, fakes, "o-e1", "李经理")
+        await page.goto(site + "/h5/approvals")
+        first = page.locator(".approval").first
+        assert "张三" in await first.inner_text()
+        await first.locator(".decline").click()
+        await page.wait_for_selector("#decline-sheet .weui-half-screen-dialog")
+        await page.fill("#decline-reason", "当天出差，请改日再约")
+        assert await page.inner_text("#decline-count") == "10"
+        await p.shot("decline-sheet")
+        await page.click("#decline-confirm")
+        await page.wait_for_selector(".approval >> nth=0 >> .status:has-text('已拒绝')")
+        assert await first.locator(".decline, .authorize").count() == 0
+        assert await page.is_hidden("#decline-sheet .weui-half-screen-dialog")
+        await p.shot("declined")
+        # The visitor calls the other visit off meanwhile: declining it is refused, in Chinese.
+        assert (await visitor.fetch("/v1/visit/records/2/cancel", "POST")).json()["code"] == 0
+        await page.locator(".approval >> nth=1 >> .decline").click()
+        await page.click("#decline-confirm")
+        await page.wait_for_selector("#decline-error:not([hidden])")
+        assert await page.inner_text("#decline-error") == "该预约已取消，无法拒绝"
+        await p.shot("decline-refused")
+        await page.click("#decline-cancel")
+        assert await page.is_hidden("#decline-sheet .weui-half-screen-dialog")
+        assert p.unexpected_errors(409) == []
+    stored = await ctx.storage.records.find_one({"_id": 1})
+    assert stored["status"] == "declined" and stored["decline_reason"] == "当天出差，请改日再约"
+
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_visitor_cancels_from_the_record_page_after_confirming(site, fakes, ctx, journey, request):
+    rid = await journey(sign_in=False)
+    async with phone(request.node.name) as p:
+        page = p.page
+        await wechat_open(p, site, fakes, "o-v1", "访客小张")
+        await page.goto(f"{site}/h5/records/{rid}")
+        await page.click("#cancel-visit")
+        await page.wait_for_selector("#confirm .weui-dialog")
+        await p.shot("cancel-confirm")
+        await page.click("#keep-visit")  # changing one's mind keeps the visit
+        assert await page.is_hidden("#confirm .weui-dialog")
+        await page.click("#cancel-visit")
+        await page.click("#confirm-cancel")
+        await page.wait_for_selector(".page__title .status:has-text('已取消')")
+        assert "本次预约已取消" in await page.inner_text("#ended")
+        assert await page.locator("#cancel-visit").count() == 0
+        await p.shot("cancelled")
+        assert p.errors == []
+    assert (await ctx.storage.records.find_one({"_id": rid}))["status"] == "cancelled"

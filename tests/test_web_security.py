@@ -76,7 +76,8 @@ async def test_pages_hold_no_inline_scripts_handlers_or_styles(journey, session_
     pages += [(await session_of("o-new"), "/h5/bind/visitor"), (anonymous, "/admin/login"), (anonymous, "/nope")]
     pages += [(admin, p) for p in ("/admin/", "/admin/records", f"/admin/records/{rid}",
                                    f"/admin/records/{rid}/delete", "/admin/keys", "/admin/settings", "/admin/users",
-                                   "/admin/passes", "/admin/notifications")]
+                                   "/admin/passes", "/admin/notifications", "/admin/koala",
+                                   f"/admin/records/{rid}/decline", f"/admin/records/{rid}/cancel")]
     for browser, path in pages:
         resp = await browser.fetch(path)
         assert resp.status in (200, 404), (path, resp)

@@ -86,7 +86,10 @@ INDEXES = {
         pymongo.IndexModel([("batch", ASCENDING)], unique=True, sparse=True, name="batch_unique"),
     ],
     # Koala subjects still to delete after their record was deleted while Koala was down.
-    "koala_cleanup": [],
+    "koala_cleanup": [
+        # Removals that keep failing, for /admin/koala.
+        pymongo.IndexModel([("attempts", ASCENDING), ("created_at", ASCENDING)], name="attempts"),
+    ],
     # Every gate decision, in buckets of many entries (see wxapp.gate.PassLog).
     "passes": [
         pymongo.IndexModel([("time", DESCENDING)], name="time"),

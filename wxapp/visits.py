@@ -378,8 +378,7 @@ class Visits:
         """The proposer (or an admin, `binding` None) calls a visit off before sign-in; the other side
         is told."""
         record = await self.get(record_id)
-        if binding is not None and not (binding["phone"] == record["proposer"]
-                                        and record["created_by"] == binding["_id"]):
+        if binding is not None and not self.proposed_by(record, binding):
             raise ApiError(403, "只有预约的申请人可以取消该预约")
         by_visitor = binding is not None and binding["type"] == "visitor"
         event = "cancel_to_employee" if by_visitor else "cancel_to_visitor"
@@ -387,6 +386,11 @@ class Visits:
                                      also={"cancelled_at": int(self.clock()),
                                            "cancelled_by": "visitor" if by_visitor else
                                            ("employee" if binding is not None else "admin")})
+
+    @staticmethod
+    def proposed_by(record: dict, binding: dict) -> bool:
+        """Whether a bound user made this application or invitation (and so may cancel it)."""
+        return binding["phone"] == record["proposer"] and record.get("created_by") == binding["_id"]
 
     async def sign_out(self, phone: str) -> dict:
         """Check out today's signed-in visit of a phone (the visitor's or a retinue's) at the kiosk."""
@@ -646,10 +650,23 @@ class Visits:
             done += 1
         return done
 
-    async def remove_koala_subjects(self) -> int:
-        """Delete Koala subjects of deleted records; what fails stays queued for the next try."""
+    async def failing_koala_removals(self, limit: int = 200) -> list[dict]:
+        """Queued Koala removals that have failed at least once, oldest first."""
+        jobs = await self.storage.koala_cleanup.find({"attempts": {"$gte": 1}}).sort(
+            [("attempts", 1), ("created_at", 1)]).limit(limit).to_list(limit)
+        return sorted(jobs, key=lambda job: job["created_at"])
+
+    async def retry_koala_removal(self, job_id: str) -> int:
+        """Try one queued Koala removal now; how many of its subjects are still to delete."""
+        await self.remove_koala_subjects(only=job_id)
+        job = await self.storage.koala_cleanup.find_one({"_id": job_id}, {"subject_ids": 1})
+        return len(job["subject_ids"]) if job else 0
+
+    async def remove_koala_subjects(self, only: str | None = None) -> int:
+        """Delete the queued Koala subjects (of one queued removal, `only` its _id); what fails stays
+        queued for the next try."""
         done = 0
-        async for job in self.storage.koala_cleanup.find({}):
+        async for job in self.storage.koala_cleanup.find({} if only is None else {"_id": only}):
             remaining = []
             for subject_id in job["subject_ids"]:
                 try:

@@ -20,6 +20,7 @@ NAV = [
     ("/admin/records", "访客记录"),
     ("/admin/passes", "通行记录"),
     ("/admin/notifications", "消息通知"),
+    ("/admin/koala", "考拉同步"),
     ("/admin/settings", "系统设置"),
     ("/admin/keys", "API 密钥"),
     ("/admin/users", "管理员"),
@@ -28,6 +29,10 @@ NAV = [
 # Messages a page may show after a redirect (`?done=<name>`): fixed texts, so a link cannot inject any.
 DONE_MESSAGES = {
     "deleted": "访客记录已删除，其二维码已立即失效。",
+    "declined": "已拒绝来访，访客会收到通知。",
+    "cancelled": "预约已取消，访客会收到通知。",
+    "koala_cleared": "已从考拉删除这些访客。",
+    "koala_failing": "考拉仍未能删除这些访客，系统会在后台继续重试。",
     "servers_saved": "服务器设置已保存。",
     "templates_saved": "消息模板设置已保存。",
     "key_revoked": "API 密钥已停用，使用它的设备将立即无法调用接口。",

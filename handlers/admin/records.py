@@ -6,6 +6,7 @@ import csv
 import io
 from urllib.parse import parse_qsl, quote, urlencode
 
+from wxapp import lifecycle
 from wxapp.errors import ApiError
 from wxapp.validation import normalize_phone
 from wxapp.visits import PURPOSES
@@ -15,7 +16,8 @@ from wxapp.outbox import STATUS_LABELS as OUTBOX_STATUS_LABELS
 from .base import CHANNEL_LABELS, AdminPageHandler, mask_phone
 
 PAGE_SIZE = 20
-FILTERS = ("name", "phone", "interviewee", "interviewee_phone", "start", "end", "is_auth")
+FILTERS = ("name", "phone", "interviewee", "interviewee_phone", "start", "end", "is_auth", "status")
+REASON_MAX = 100
 STATUS_STYLES = {"待审批": "warning", "已授权": "primary", "已签到": "success", "已签退": "secondary",
                  "已拒绝": "danger", "已取消": "secondary", "未到访": "secondary", "已过期": "secondary"}
 CSV_COLUMNS = ["记录ID", "访客姓名", "访客手机", "随行人数", "随行人员", "访客单位", "来访目的", "被访人", "被访人手机",
@@ -53,6 +55,8 @@ class RecordsPage(AdminPageHandler):
             args["end_time"] = days["end"][1]
         if form["is_auth"] in ("0", "1"):
             args["is_auth"] = int(form["is_auth"])
+        if form["status"] in lifecycle.STATUSES:
+            args["status"] = (form["status"],)
         return form, args, errors
 
     def filter_query(self, form: dict) -> str:
@@ -76,6 +80,7 @@ class RecordListHandler(RecordsPage):
         self.render_admin(
             "admin/records.html", status=400 if errors else 200, form=form, errors=errors, records=records,
             page=page, status_of=self.ctx.visits.status, styles=STATUS_STYLES, filters=self.filter_query(form),
+            statuses=[(status, lifecycle.LABELS[status]) for status in lifecycle.STATUSES],
             back=urlencode({**{k: v for k, v in form.items() if v}, **({"page": page_number} if page_number > 1 else {})}),
         )
 
@@ -143,13 +148,14 @@ class RecordHandler(AdminPageHandler):
 
     async def get(self, record_id: str):
         record = await self.ctx.visits.get(int(record_id))
+        state = lifecycle.effective(record, self.ctx.clock())
         people = [("访客本人", record)] + [(f"随行人员 {n}", p) for n, p in enumerate(record["retinues"], 1)]
         self.render_admin(
             "admin/record.html", record=record, people=people, visit_status=self.ctx.visits.status(record),
             styles=STATUS_STYLES, purposes=PURPOSES, passes=await self.ctx.pass_log.entries(record["_id"], limit=50),
             notifications=await self.ctx.outbox.for_record(record["_id"]),
             back=_filters_only(self.get_query_argument("back", "")), event_labels=EVENT_LABELS, channel_labels=CHANNEL_LABELS,
-            status_labels=OUTBOX_STATUS_LABELS,
+            status_labels=OUTBOX_STATUS_LABELS, undecided=state in lifecycle.DECLINE.sources, state=state,
         )
 
 
@@ -169,9 +175,47 @@ class RecordDeleteHandler(AdminPageHandler):
         self.redirect("/admin/records?" + (back + "&" if back else "") + "done=deleted")
 
 
+class RecordMoveHandler(AdminPageHandler):
+    """拒绝来访 and 取消预约 (CONTRACT §9): GET asks for confirmation, POST makes the move and returns to
+    the record; a move the visit's status no longer allows is shown on the confirmation page (409)."""
+
+    nav = "/admin/records"
+    MOVES = {"decline": ("拒绝来访", "declined"), "cancel": ("取消预约", "cancelled")}
+
+    async def get(self, record_id: str, move: str):
+        record = await self.ctx.visits.get(int(record_id))
+        self.confirm(record, move, back=_filters_only(self.get_query_argument("back", "")))
+
+    async def post(self, record_id: str, move: str):
+        back = _filters_only(self.get_body_argument("back", ""))
+        reason = self.get_body_argument("reason", "").strip()
+        try:
+            if move == "decline":
+                if len(reason) > REASON_MAX:
+                    raise ApiError(400, f"拒绝原因最多 {REASON_MAX} 个字")
+                await self.ctx.visits.decline(int(record_id), None, reason)
+            else:
+                await self.ctx.visits.cancel(int(record_id), None)
+        except ApiError as exc:
+            if exc.status not in (400, 409):
+                raise
+            record = await self.ctx.visits.get(int(record_id))
+            self.confirm(record, move, back=back, error=exc.message, reason=reason, status=exc.status)
+            return
+        query = urlencode({**({"back": back} if back else {}), "done": self.MOVES[move][1]})
+        self.redirect(f"/admin/records/{int(record_id)}?{query}")
+
+    def confirm(self, record: dict, move: str, *, back: str, error: str = "", reason: str = "",
+                status: int = 200) -> None:
+        self.render_admin("admin/record_move.html", status=status, record=record, move=move,
+                          title=self.MOVES[move][0], visit_status=self.ctx.visits.status(record), styles=STATUS_STYLES,
+                          back=back, error=error, reason=reason, reason_max=REASON_MAX)
+
+
 default_handlers = [
     (r"/admin/records", RecordListHandler),
     (r"/admin/records\.csv", RecordExportHandler),
     (r"/admin/records/([0-9]{1,15})", RecordHandler),
     (r"/admin/records/([0-9]{1,15})/delete", RecordDeleteHandler),
+    (r"/admin/records/([0-9]{1,15})/(decline|cancel)", RecordMoveHandler),
 ]

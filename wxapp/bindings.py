@@ -9,7 +9,7 @@ from .codes import VerificationCodes
 from .errors import ApiError, conflict
 from .images import Images
 from .koala import KoalaClient, KoalaError, find_employee
-from .storage import DuplicateKeyError, Storage
+from .storage import BY_ID, DuplicateKeyError, Storage
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,8 @@ class Bindings:
         """Remove up to `limit` bindings last used before `before` (one used meanwhile stays); how many."""
         removed = 0
         for doc in await self.storage.bindings.find({"last_used_at": {"$lt": before}}, {"_id": 1}).to_list(limit):
-            gone = await self.storage.bindings.find_one_and_delete({"_id": doc["_id"], "last_used_at": {"$lt": before}})
+            gone = await self.storage.bindings.find_one_and_delete(
+                {"_id": doc["_id"], "last_used_at": {"$lt": before}}, hint=BY_ID)
             if gone is not None:
                 removed += 1
                 if gone["type"] == "employee":

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from . import lifecycle
 from .outbox import Outbox
-from .storage import Storage
+from .storage import BY_ID, Storage
 from .system_settings import SystemSettings
 from .visits import day_bounds
 
@@ -53,7 +53,7 @@ class Reminders:
                 continue
             updated = await self.storage.records.find_one_and_update(
                 {"_id": record["_id"], "status": lifecycle.APPROVED, "reminded_at": {"$exists": False}},
-                {"$set": {"reminded_at": int(now)}, "$push": {"pending_events": EVENT}}, {"_id": 1})
+                {"$set": {"reminded_at": int(now)}, "$push": {"pending_events": EVENT}}, {"_id": 1}, hint=BY_ID)
             if updated is not None:
                 await self.outbox.materialize(record["_id"])
                 reminded += 1

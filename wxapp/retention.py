@@ -24,12 +24,14 @@ from .images import Images
 from .privacy import mask_phone
 from .revocation import Revocations
 from .security import new_token
-from .storage import ReturnDocument, Storage, UpdateOne
+from .storage import BY_ID, ReturnDocument, Storage, UpdateOne
 from .system_settings import SystemSettings
 
 log = logging.getLogger(__name__)
 
 DAY = 86400
+# The range of end times one query reads (see Retention._due).
+MIN_SPAN, MAX_SPAN = 3600, 32 * DAY
 JOB = "retention"
 # Records not anonymised yet and not being deleted.
 _OPEN = {"anonymized": {"$ne": True}, "revoked.reason": {"$ne": "deleted"}}
@@ -151,24 +153,51 @@ class Retention:
             {"_id": JOB, "owner": owner}, {"$set": {"lease_until": self.clock() + self.lease}})
         return result.matched_count == 1
 
-    async def _due(self, cutoff: float) -> list[dict]:
-        """The next batch of visits ended before `cutoff`, after the cursor, in the end-time index's order."""
-        job = await self.storage.jobs.find_one({"_id": JOB}, {"through": 1})
+    async def _due(self, cutoff: float, owner: str) -> list[dict]:
+        """The next batch of visits ended before `cutoff`, after the cursor, in the end-time index's order.
+        Each query reads one window of end times: SecantusDB reads a range whole before sorting and
+        limiting it, so the window is narrowed after a full batch and widened after a short one, and a
+        window found empty moves the cursor on (no visit can end in the past any more)."""
+        job = await self.storage.jobs.find_one({"_id": JOB}, {"through": 1, "span": 1})
         end, last_id = job.get("through") or [0, 0]
+        if not end:
+            end = await self._start()
+        span = job.get("span") or DAY
         order = [("end_time", 1), ("_id", 1)]
-        batch = []
         if end <= cutoff:  # the rest of the visits ending at the cursor's time
             batch = await self.storage.records.find({"end_time": end, "_id": {"$gt": last_id}}, _FIELDS) \
                 .sort(order).limit(self.batch).to_list(self.batch)
-        if not batch:
-            batch = await self.storage.records.find({"end_time": {"$gt": end, "$lte": cutoff}}, _FIELDS) \
+            if batch:
+                return batch
+        while end < cutoff:
+            until = min(cutoff, end + span)
+            batch = await self.storage.records.find({"end_time": {"$gt": end, "$lte": until}}, _FIELDS) \
                 .sort(order).limit(self.batch).to_list(self.batch)
-        return batch
+            span = max(MIN_SPAN, span / 2) if len(batch) >= self.batch else min(MAX_SPAN, span * 2)
+            if batch:
+                await self.storage.jobs.update_one({"_id": JOB, "owner": owner}, {"$set": {"span": span}})
+                return batch
+            end = until
+            await self.storage.jobs.update_one({"_id": JOB, "owner": owner},
+                                               {"$set": {"through": [end, 0], "span": span}})
+            await asyncio.sleep(0)
+        return []
+
+    async def _start(self) -> float:
+        """Where the cursor starts the first time: a day before the first stored record was booked
+        (record ids grow with time, and a visit ends after it is booked), found by id ranges."""
+        top = (await self.storage.counters.find_one({"_id": "records"}) or {}).get("seq", 0)
+        for low in range(0, top, 1000):
+            found = await self.storage.records.find({"_id": {"$gt": low, "$lte": low + 1000}},
+                                                    {"create_time": 1}).to_list(None)
+            if found:
+                return max(0, min(r.get("create_time", 0) for r in found) - DAY)
+        return 0
 
     async def _anonymise_batch(self, cutoff: float, owner: str) -> tuple[bool, int]:
         """Anonymise one batch and move the cursor past it: whether there was one, and how many
         records this call changed."""
-        batch = await self._due(cutoff)
+        batch = await self._due(cutoff, owner)
         if not batch:
             return False, 0
         now = self.clock()
@@ -181,7 +210,8 @@ class Retention:
         changed = 0
         if plain:
             result = await self.storage.records.bulk_write(
-                [UpdateOne({"_id": r["_id"], **_OPEN}, {"$set": anonymised(r, now)}) for r in plain], ordered=False)
+                [UpdateOne({"_id": r["_id"], **_OPEN}, {"$set": anonymised(r, now)}, hint=BY_ID) for r in plain],
+                ordered=False)
             changed += result.modified_count
         revoked = []
         for record in todo:
@@ -203,7 +233,7 @@ class Retention:
         revocation's sweep still needs them, and the next run tries again)."""
         await self.storage.records.update_one(
             {"_id": record_id, "retention_pending": True, "revoke_pending": {"$exists": False}},
-            {"$set": {"tokens": []}, "$unset": {"retention_pending": ""}})
+            {"$set": {"tokens": []}, "$unset": {"retention_pending": ""}}, hint=BY_ID)
 
     async def _finish_pending(self) -> None:
         """Finish records a crash left between masking and dropping their tokens."""

@@ -13,12 +13,16 @@ log = logging.getLogger(__name__)
 # Errors that mean "the database cannot be reached" (answered with 503).
 UNAVAILABLE_ERRORS = (ConnectionFailure, ServerSelectionTimeoutError)
 __all__ = ["Storage", "DuplicateKeyError", "UNAVAILABLE_ERRORS", "ASCENDING", "DESCENDING", "ReturnDocument",
-           "UpdateOne"]
+           "UpdateOne", "BY_ID"]
 
 ASCENDING = pymongo.ASCENDING
 DESCENDING = pymongo.DESCENDING
 ReturnDocument = pymongo.ReturnDocument
 UpdateOne = pymongo.UpdateOne  # one conditional update of a bulk_write (many records in one round trip)
+# The hint for a filter on `_id` plus conditions ({"_id": 5, "status": "approved"}): SecantusDB plans
+# such a filter as a scan of the whole collection (measured: 3,000 documents examined of 3,000),
+# MongoDB by the _id index; with this hint both read the one document.
+BY_ID = [("_id", ASCENDING)]
 
 # Every index a query of the application relies on, created at start-up
 # (while collections are small: building one over a large collection is slow).

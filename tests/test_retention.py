@@ -96,6 +96,7 @@ async def test_an_old_visit_is_anonymised_and_its_photos_passes_and_gate_log_are
     rid = signed["id"]
     await asyncio.sleep(0.6)  # the gate log is written off the request's path
     assert await ctx.pass_log.entries(rid)
+    assert await ctx.outbox.for_record(rid)
     photos = [signed["photo"], signed["retinues"][0]["photo"]]
     assert [(await anonymous.fetch(url)).status for url in photos] == [200, 200]
     assert (await admin_record(anonymous, rid))["anonymized"] is False
@@ -127,6 +128,7 @@ async def test_an_old_visit_is_anonymised_and_its_photos_passes_and_gate_log_are
     assert [e for e in await ctx.pass_log.entries(rid) if e["code"] == 0] == []
     stored = await ctx.storage.records.find_one({"_id": rid})
     assert stored["tokens"] == [] and "retention_pending" not in stored
+    assert await ctx.outbox.for_record(rid) == []  # its notifications named the phones
     # Nothing of it is found by the phone any more.
     found = await anonymous.fetch("/v1/visit/records?type=web&phone=13900000001", key=ADMIN_KEY)
     assert found.json()["data"] == []

@@ -180,7 +180,8 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             near=near,
             stats=Stats(storage, visits, clock, config.tz),
             reminders=Reminders(storage, system_settings, outbox, clock, config.tz),
-            retention=Retention(storage, system_settings, revocations, images, pass_log, bindings, clock, config.tz),
+            retention=Retention(storage, system_settings, revocations, images, pass_log, outbox, bindings, clock,
+                                config.tz),
         )
         await ctx.visits.ensure_longest_visit()
         await ctx.visits.ensure_statuses()

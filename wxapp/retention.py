@@ -6,7 +6,7 @@ anonymised by one conditional update, so nothing is done twice even when a lease
 slow process. The job works in bounded batches along the index on the visit's end time, from a
 cursor kept in `jobs` (visits ended before it are done), so a run reads only the records it changes,
 and a run interrupted by a restart goes on where it stopped. What goes with a batch's personal data
-(photos, gate-log entries) is removed first, then the records are masked: those without QR codes by
+(photos, gate-log entries, sent notifications naming phones) is removed first, then the records are masked: those without QR codes by
 one conditional update each, sent together; those with codes one by one through `Revocations.revoke`,
 which keeps their token list until the revocation is written everywhere, then drops it (a record
 left `retention_pending` by a crash in between is finished by the next run)."""
@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from .bindings import Bindings
 from .gate import NO_PERMISSION, PassLog
 from .images import Images
+from .outbox import Outbox
 from .privacy import mask_phone
 from .revocation import Revocations
 from .security import new_token
@@ -68,13 +69,14 @@ class Retention:
     """The daily retention job: anonymise old visits, remove unused bindings, remember what it did."""
 
     def __init__(self, storage: Storage, settings: SystemSettings, revocations: Revocations, images: Images,
-                 pass_log: PassLog, bindings: Bindings, clock: Callable[[], float], tz: ZoneInfo, *,
+                 pass_log: PassLog, outbox: Outbox, bindings: Bindings, clock: Callable[[], float], tz: ZoneInfo, *,
                  batch: int = 200, batches: int = 10, lease: float = 300.0):
         self.storage = storage
         self.settings = settings
         self.revocations = revocations
         self.images = images
         self.pass_log = pass_log
+        self.outbox = outbox
         self.bindings = bindings
         self.clock = clock
         self.tz = tz
@@ -206,6 +208,7 @@ class Retention:
         # First what goes with the personal data: a crash after this leaves the records to be masked again.
         await self.images.delete([photo for r in todo for photo in photos_of(r)])
         await self.pass_log.forget([r["_id"] for r in todo])
+        await self.outbox.forget([r["_id"] for r in todo])
         plain = [r for r in todo if not any(r.get("tokens") or [])]
         changed = 0
         if plain:

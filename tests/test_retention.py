@@ -23,12 +23,16 @@ async def admin_record(anonymous, rid) -> dict:
     return found[0]
 
 
-async def run_until_done(*contexts) -> list[int]:
-    """Run every context's retention job at once, round after round, until today's run is complete;
-    what each context did in all."""
+async def run_until_done(*contexts, stagger: float = 0.0) -> list[int]:
+    """Run every context's retention job at once (the n-th starting n × `stagger` seconds late), round
+    after round, until today's run is complete; what each context did in all."""
+    async def run(n, c):
+        await asyncio.sleep(n * stagger)
+        return await c.retention.run()
+
     totals = [0] * len(contexts)
     for _ in range(100):
-        done = await asyncio.gather(*(c.retention.run() for c in contexts))
+        done = await asyncio.gather(*(run(n, c) for n, c in enumerate(contexts)))
         totals = [t + d for t, d in zip(totals, done)]
         job = await contexts[0].storage.jobs.find_one({"_id": "retention"})
         if job and job.get("day") and not job.get("running"):
@@ -256,3 +260,25 @@ async def test_admin_settings_page_sets_retention_and_shows_the_last_run(admin_l
     await ctx.retention.run()
     page = await browser.fetch("/admin/settings")
     assert "上次执行" in page.text and "匿名化 0 条访客记录" in page.text and "保留 30 天" in page.text
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_processes_whose_leases_run_out_still_anonymise_each_record_once(ctx, config, clock):
+    now = int(clock())
+    count = 400
+    await ctx.storage.records.insert_many(
+        [stored_record(i, now - 400 * DAY + i * 60, tokens=i % 20 == 0) for i in range(1, count + 1)])
+    await ctx.storage.counters.update_one({"_id": "records"}, {"$set": {"seq": count}}, upsert=True)
+    others = [await build_context(config, clock=clock) for _ in range(2)]
+    try:
+        for c in (ctx, *others):  # every lease has run out by the time another process looks
+            c.retention.lease, c.retention.batch = 0.0, 50
+        done = await run_until_done(ctx, *others, stagger=0.05)
+    finally:
+        for other in others:
+            await other.close()
+    assert sum(done) == count
+    assert len([d for d in done if d]) > 1, done  # they did work side by side
+    assert await ctx.storage.records.count_documents({"anonymized": True}) == count
+    assert await ctx.storage.revocations.count_documents({"reason": "anonymized"}) == count // 20
+    assert (await ctx.retention.last_run())["anonymized"] == count

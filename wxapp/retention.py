@@ -6,10 +6,12 @@ anonymised by one conditional update, so nothing is done twice even when a lease
 slow process. The job works in bounded batches along the index on the visit's end time, from a
 cursor kept in `jobs` (visits ended before it are done), so a run reads only the records it changes,
 and a run interrupted by a restart goes on where it stopped. What goes with a batch's personal data
-(photos, gate-log entries, sent notifications naming phones) is removed first, then the records are masked: those without QR codes by
-one conditional update each, sent together; those with codes one by one through `Revocations.revoke`,
-which keeps their token list until the revocation is written everywhere, then drops it (a record
-left `retention_pending` by a crash in between is finished by the next run)."""
+(photos, gate-log entries, notifications naming phones) is removed first, then the records are
+masked: those without QR codes by one conditional update each, sent together; those with codes one
+by one through `Revocations.revoke`, which keeps their token list until the revocation is written
+everywhere, then drops it (a record left `retention_pending` by a crash in between is finished by
+the next run). How many records and bindings a run handled is tallied in `jobs` and kept as
+`last_run` when it is over, for /admin/settings."""
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +27,7 @@ from .outbox import Outbox
 from .privacy import mask_phone
 from .revocation import Revocations
 from .security import new_token
-from .storage import BY_ID, ReturnDocument, Storage, UpdateOne
+from .storage import BY_ID, Storage, UpdateOne
 from .system_settings import SystemSettings
 
 log = logging.getLogger(__name__)
@@ -103,22 +105,23 @@ class Retention:
         await self.storage.jobs.update_one(
             {"_id": JOB}, {"$setOnInsert": {"day": "", "lease_until": 0, "through": [0, 0]}}, upsert=True)
         owner = new_token(8)
-        job = await self.storage.jobs.find_one_and_update(
+        claimed = await self.storage.jobs.update_one(
             {"_id": JOB, "day": {"$ne": self._today()}, "lease_until": {"$lt": now}},
-            {"$set": {"lease_until": now + self.lease, "owner": owner}}, return_document=ReturnDocument.AFTER)
-        if job is None:
+            {"$set": {"lease_until": now + self.lease, "owner": owner}})
+        if not claimed.modified_count:
             return 0
         try:
-            return await self._work(job, owner)
+            return await self._work(owner)
         finally:
             await self.storage.jobs.update_one({"_id": JOB, "owner": owner}, {"$set": {"lease_until": 0}})
 
-    async def _work(self, job: dict, owner: str) -> int:
+    async def _work(self, owner: str) -> int:
         days = (await self.settings.retention())["retention_days"]
         cutoff = self.clock() - days * DAY
-        if not job.get("running"):
-            await self.storage.jobs.update_one({"_id": JOB, "owner": owner}, {"$set": {"running": {
-                "started_at": self.clock(), "anonymized": 0, "bindings_removed": 0}}})
+        # Today's tally, unless a process whose lease ran out has started it already.
+        await self.storage.jobs.update_one(
+            {"_id": JOB, "running": {"$exists": False}, "day": {"$ne": self._today()}},
+            {"$set": {"running": {"started_at": self.clock(), "anonymized": 0, "bindings_removed": 0}}})
         done = 0
         for _ in range(self.batches):
             if not await self._renew(owner):
@@ -127,7 +130,7 @@ class Retention:
             more, anonymized = await self._anonymise_batch(cutoff, owner)
             removed = 0 if more else await self.bindings.remove_unused(cutoff, self.batch)
             if removed:
-                await self.storage.jobs.update_one({"_id": JOB}, {"$inc": {"running.bindings_removed": removed}})
+                await self._tally("bindings_removed", removed)
             done += anonymized + removed
             if more or removed:
                 await asyncio.sleep(0)
@@ -149,6 +152,12 @@ class Retention:
         await self.storage.jobs.update_one({"_id": JOB}, {"$set": {"last_run": last}})
         log.info("retention: %d records anonymised, %d bindings removed (kept %d days)",
                  last["anonymized"], last["bindings_removed"], days)
+
+    async def _tally(self, name: str, count: int) -> None:
+        """Add to today's tally (also the work of a process whose lease ran out meanwhile)."""
+        if count:
+            await self.storage.jobs.update_one({"_id": JOB, "running": {"$exists": True}},
+                                               {"$inc": {f"running.{name}": count}})
 
     async def _renew(self, owner: str) -> bool:
         result = await self.storage.jobs.update_one(
@@ -225,8 +234,9 @@ class Retention:
                     revoked.append(record["_id"])
         changed += len(revoked)
         last = batch[-1]
-        await self.storage.jobs.update_one({"_id": JOB, "owner": owner}, {
-            "$set": {"through": [last["end_time"], last["_id"]]}, "$inc": {"running.anonymized": changed}})
+        await self._tally("anonymized", changed)
+        await self.storage.jobs.update_one({"_id": JOB, "owner": owner},
+                                           {"$set": {"through": [last["end_time"], last["_id"]]}})
         for record_id in revoked:
             await self._drop_tokens(record_id)
         return True, changed

@@ -143,13 +143,19 @@ async def test_an_old_visit_is_anonymised_and_its_photos_passes_and_gate_log_are
 
 
 @pytest.mark.gen_test
-async def test_the_dashboard_still_counts_anonymised_visits(old_visit, ctx, clock):
+async def test_the_dashboard_still_counts_anonymised_visits(old_visit, ctx, clock, admin_login):
     signed, _ = await old_visit()
     before, _ = await ctx.stats.days(7)
     clock.advance(200 * DAY)
     await run_until_done(ctx)
     assert (await ctx.storage.records.find_one({"_id": signed["id"]}))["anonymized"] is True
+    browser = await admin_login()
+    for page in ("/admin/records", f"/admin/records/{signed['id']}", "/admin/records.csv"):
+        resp = await browser.fetch(page)
+        assert resp.status == 200 and "张三" not in resp.text and "13900000001" not in resp.text, page
+    assert "张*" in (await browser.fetch(f"/admin/records/{signed['id']}")).text
     clock.advance(-200 * DAY)
+    assert (await browser.fetch("/admin/")).status == 200
     after, _ = await ctx.stats.days(7)
     assert (after.expected, after.signed_in, after.people_signed_in) == (1, 1, 3)
     assert (after.expected, after.signed_in, after.people_signed_in) == (

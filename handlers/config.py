@@ -1,8 +1,8 @@
-"""Admin API 1 and 2 (seed): server settings and message template settings."""
+"""Admin API 1 and 2 (seed): server settings and message template settings; the retention period (§9)."""
 from __future__ import annotations
 
 from wxapp.auth import Role
-from wxapp.system_settings import SERVERS_SCHEMA, TEMPLATES_SCHEMA
+from wxapp.system_settings import RETENTION_SCHEMA, SERVERS_SCHEMA, TEMPLATES_SCHEMA
 
 from .base import APIHandler, api
 
@@ -32,7 +32,23 @@ class TemplatesHandler(APIHandler):
         self.ok(await self.ctx.system_settings.save_templates(self.body))
 
 
+class RetentionHandler(APIHandler):
+    """数据保留期限: how long visit records keep personal data and unused bindings are kept."""
+
+    @api(allow=[Role.ADMIN], summary="读取数据保留期限", data=RETENTION_SCHEMA.json_schema())
+    async def get(self):
+        self.ok(await self.ctx.system_settings.retention())
+
+    @api(allow=[Role.ADMIN], summary="保存数据保留期限（来访结束超过该天数的记录将被匿名化）", body=RETENTION_SCHEMA,
+         data=RETENTION_SCHEMA.json_schema())
+    async def put(self):
+        data = await self.ctx.system_settings.save_retention(self.body)
+        await self.ctx.retention.schedule_now()
+        self.ok(data)
+
+
 default_handlers = [
     (r"/v1/config/servers", ServersHandler),
     (r"/v1/config/templates", TemplatesHandler),
+    (r"/v1/config/retention", RetentionHandler),
 ]

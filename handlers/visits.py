@@ -87,6 +87,7 @@ RECORD_SCHEMA = {"type": "object", "properties": {
         ("create_time", "integer"))},
     "status": {"type": "string", "enum": list(lifecycle.STATUSES)},
     "retinues": {"type": "array", "items": PERSON_SCHEMA},
+    "anonymized": {"type": "boolean", "description": "已按数据保留期限匿名化（姓名、手机号已遮盖，照片和二维码已删除）"},
 }}
 
 

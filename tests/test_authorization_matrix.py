@@ -44,6 +44,8 @@ MATRIX = {
     "PUT /v1/config/servers":                (401, 403, 403, 403, 403, 403, OK,  OK),
     "GET /v1/config/templates":              (401, 403, 403, 403, 403, 403, OK,  OK),
     "PUT /v1/config/templates":              (401, 403, 403, 403, 403, 403, OK,  OK),
+    "GET /v1/config/retention":              (401, 403, 403, 403, 403, 403, OK,  OK),
+    "PUT /v1/config/retention":              (401, 403, 403, 403, 403, 403, OK,  OK),
     "GET /v1/notifications":                 (401, 403, 403, 403, 403, 403, OK,  OK),
     "POST /v1/notifications/{id}/retry":     (401, 403, 403, 403, 403, 403, OK,  OK),
     "GET /v1/openapi.json":                  (OK,  OK,  OK,  OK,  OK,  OK,  OK,  OK),
@@ -196,7 +198,7 @@ async def _request(endpoint: str, me: Caller, world: World) -> tuple[str, str, d
         return "POST", "/v1/visit/signin", {"phone": VISITOR_PHONE}
     if endpoint == "POST /v1/visit/qrcode":
         return "POST", "/v1/visit/qrcode", {"qrcode": "not-a-visitor-code", "gate": "east"}
-    if endpoint in ("GET /v1/config/servers", "GET /v1/config/templates"):
+    if endpoint in ("GET /v1/config/servers", "GET /v1/config/templates", "GET /v1/config/retention"):
         return "GET", endpoint.split(" ", 1)[1], None
     if endpoint == "PUT /v1/config/servers":
         return "PUT", "/v1/config/servers", {
@@ -205,6 +207,8 @@ async def _request(endpoint: str, me: Caller, world: World) -> tuple[str, str, d
             "cloud_url": "https://visit.example.org"}
     if endpoint == "PUT /v1/config/templates":
         return "PUT", "/v1/config/templates", {**TEMPLATE_IDS, "verify_code_sms_id": "SMS_CODE_2"}
+    if endpoint == "PUT /v1/config/retention":
+        return "PUT", "/v1/config/retention", {"retention_days": 30}
     if endpoint == "GET /v1/notifications":
         return "GET", "/v1/notifications", None
     if endpoint == "POST /v1/notifications/{id}/retry":

@@ -9,11 +9,13 @@ from .codes import VerificationCodes
 from .errors import ApiError, conflict
 from .images import Images
 from .koala import KoalaClient, KoalaError, find_employee
-from .storage import DuplicateKeyError, Storage
+from .storage import BY_ID, DuplicateKeyError, Storage
 
 log = logging.getLogger(__name__)
 
 KIND_NAMES = {"employee": "员工", "visitor": "访客"}
+# How precisely a binding's last use is kept: one write per user at most this often.
+USE_PRECISION = 3600
 
 
 def avatar_path(binding: dict) -> str:
@@ -36,8 +38,14 @@ class Bindings:
         self.clock = clock
 
     async def get(self, openid: str) -> dict | None:
-        """The user's binding, or None."""
-        return await self.storage.bindings.find_one({"_id": openid})
+        """The user's binding, or None; its use is noted (bindings unused for the retention period
+        are removed)."""
+        binding = await self.storage.bindings.find_one({"_id": openid})
+        now = self.clock()
+        if binding is not None and binding.get("last_used_at", 0) < now - USE_PRECISION:
+            await self.storage.bindings.update_one({"_id": openid}, {"$max": {"last_used_at": now}})
+            binding["last_used_at"] = now
+        return binding
 
     async def by_phone(self, kind: str, phone: str) -> dict | None:
         """The binding of `kind` for a phone, or None."""
@@ -77,7 +85,7 @@ class Bindings:
         doc = {
             "_id": openid, "type": "employee", "phone": phone, "name": employee.get("name", name),
             "department": employee.get("department") or "", "subject_id": int(employee["id"]),
-            "avatar": avatar, "created_at": self.clock(),
+            "avatar": avatar, "created_at": self.clock(), "last_used_at": self.clock(),
         }
         return await self._insert(doc, phone)
 
@@ -101,7 +109,7 @@ class Bindings:
         doc = {
             "_id": openid, "type": "visitor", "phone": phone, "name": user.get("nickname", ""),
             "department": "", "subject_id": -1, "avatar": user.get("headimgurl", ""),
-            "created_at": self.clock(),
+            "created_at": self.clock(), "last_used_at": self.clock(),
         }
         return await self._insert(doc, phone)
 
@@ -112,3 +120,23 @@ class Bindings:
             raise ApiError(404, "没有该微信号绑定的用户")
         if doc["type"] == "employee":
             await self.images.delete([doc.get("avatar")])
+
+    async def remove_unused(self, before: float, limit: int) -> int:
+        """Remove up to `limit` bindings last used before `before` (one used meanwhile stays); how many."""
+        removed = 0
+        for doc in await self.storage.bindings.find({"last_used_at": {"$lt": before}}, {"_id": 1}).to_list(limit):
+            gone = await self.storage.bindings.find_one_and_delete(
+                {"_id": doc["_id"], "last_used_at": {"$lt": before}}, hint=BY_ID)
+            if gone is not None:
+                removed += 1
+                if gone["type"] == "employee":
+                    await self.images.delete([gone.get("avatar")])
+        return removed
+
+    async def ensure_last_used(self) -> None:
+        """Give bindings stored before their use was noted a last use of now, once."""
+        if await self.storage.counters.find_one({"_id": "binding_last_used"}) is not None:
+            return
+        await self.storage.bindings.update_many({"last_used_at": {"$exists": False}},
+                                                {"$set": {"last_used_at": self.clock()}})
+        await self.storage.counters.update_one({"_id": "binding_last_used"}, {"$set": {"done": True}}, upsert=True)

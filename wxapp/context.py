@@ -22,6 +22,8 @@ from .koala import KoalaClient
 from .limits import RateLimiter, VisitLimits
 from .nearcache import NearCache
 from .outbox import Outbox
+from .reminders import Reminders
+from .retention import Retention
 from .revocation import Revocations
 from .security import SecretBox, derive_key
 from .sms import SmsSender
@@ -69,6 +71,8 @@ class AppContext:
     sync_redis: SyncRedis
     near: NearCache
     stats: Stats
+    reminders: Reminders
+    retention: Retention
     background: list = dataclasses.field(default_factory=list)
 
     def start_background(self, interval: float = 60.0) -> None:
@@ -84,7 +88,7 @@ class AppContext:
         while True:
             for job in (self.revocations.sweep, self.visits.finish_deletions, self.visits.end_visits,
                         self.outbox.sweep, self.visits.remove_koala_subjects, self.visits.reconcile_koala_subjects,
-                        self.visits.sweep_images):
+                        self.visits.sweep_images, self.reminders.run, self.retention.run):
                 try:
                     await job()
                 except Exception:  # one failed round must not end the loop
@@ -145,6 +149,8 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
         gate_cache = GateCache(storage, redis, clock, near, revocations.refusal)
         visits = Visits(storage, redis, koala, images, outbox, gate_cache, revocations, system_settings, clock,
                         config.tz)
+        bindings = Bindings(storage, koala, images, codes, wechat_users, clock)
+        pass_log = PassLog(storage)
         ctx = AppContext(
             config=config,
             storage=storage,
@@ -165,11 +171,11 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             images=images,
             sms=sms,
             codes=codes,
-            bindings=Bindings(storage, koala, images, codes, wechat_users, clock),
+            bindings=bindings,
             outbox=outbox,
             gate_cache=gate_cache,
             revocations=revocations,
-            pass_log=PassLog(storage),
+            pass_log=pass_log,
             visits=visits,
             visit_limits=VisitLimits(RateLimiter(redis), clock, config.tz),
             wechat=wechat,
@@ -177,10 +183,14 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             sync_redis=sync_redis,
             near=near,
             stats=Stats(storage, visits, clock, config.tz),
+            reminders=Reminders(storage, system_settings, outbox, clock, config.tz),
+            retention=Retention(storage, system_settings, revocations, images, pass_log, outbox, bindings, clock,
+                                config.tz),
         )
         await ctx.visits.ensure_longest_visit()
         await ctx.visits.ensure_statuses()
         await ctx.visits.ensure_grams()
+        await ctx.bindings.ensure_last_used()
         await ctx.pass_log.upgrade()
         await revocations.upgrade()
         await revocations.read_feed()

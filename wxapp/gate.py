@@ -217,6 +217,24 @@ class PassLog:
             except Exception:  # the log must never take the gate down
                 log.exception("could not write %d gate decisions", len(chunk))
 
+    async def forget(self, record_ids) -> int:
+        """Remove every decision about these records (their data is no longer kept); how many.
+        Buckets are written once and never changed otherwise, so each is rewritten without them."""
+        ids = set(record_ids)
+        removed = 0
+        if not ids:
+            return 0
+        async for bucket in self.storage.passes.find({"record_ids": {"$in": sorted(ids)}}):
+            kept = [e for e in bucket["entries"] if e.get("record_id") not in ids]
+            removed += len(bucket["entries"]) - len(kept)
+            if kept:
+                await self.storage.passes.update_one({"_id": bucket["_id"]}, {"$set": {
+                    "entries": kept, "count": len(kept),
+                    "record_ids": sorted({e["record_id"] for e in kept if e.get("record_id") is not None})}})
+            else:
+                await self.storage.passes.delete_one({"_id": bucket["_id"]})
+        return removed
+
     async def entries(self, record_id: int | None = None, limit: int = 100) -> list[dict]:
         """The latest decisions, newest first, optionally of one record."""
         return await self.search(start=0, end=math.inf, record_id=record_id, limit=limit)

@@ -132,6 +132,14 @@ class Outbox:
             {"record_id": record_id, "status": "pending"}, {"$set": {"status": "cancelled"}})
         return result.modified_count
 
+    async def forget(self, record_ids: list[int]) -> int:
+        """Delete the notifications of records whose personal data is no longer kept (each names its
+        recipient's phone or openid); how many."""
+        if not record_ids:
+            return 0
+        result = await self.storage.outbox.delete_many({"record_id": {"$in": record_ids}})
+        return result.deleted_count
+
     async def sweep(self) -> int:
         """Materialize every record left with pending events (after a crash)."""
         total = 0

@@ -1,4 +1,4 @@
-"""The settings an admin keeps in MongoDB: Koala and server addresses, message templates."""
+"""The settings an admin keeps in MongoDB: Koala and server addresses, message templates, retention."""
 from __future__ import annotations
 
 import dataclasses
@@ -72,6 +72,13 @@ TEMPLATES_SCHEMA = Schema(
           description="每个事件的微信模板字段映射，如 {\"approval_pass_to_visitor\": {\"thing1\": \"visitor_name\"}}",
           json_schema={"additionalProperties": {"type": "object", "additionalProperties": {
               "type": "string", "enum": list(TEMPLATE_VALUES)}}}),
+)
+
+DEFAULT_RETENTION_DAYS = 180
+RETENTION_SCHEMA = Schema(
+    Field("retention_days", "integer", minimum=7, maximum=3650,
+          description=f"来访结束多少天后匿名化访客记录，并删除同样久未使用的绑定（7–3650，默认 {DEFAULT_RETENTION_DAYS}）",
+          example=DEFAULT_RETENTION_DAYS),
 )
 
 
@@ -214,3 +221,15 @@ class SystemSettings:
                 {"_id": "secret_key_check"},
                 {"$setOnInsert": {"value": self.box.encrypt("visitor"), "created_at": self.clock()}}, upsert=True)
             await self.check_key()  # two processes starting at once: whichever wrote first decides
+
+    async def retention(self) -> dict:
+        """How long personal data is kept (CONTRACT §9)."""
+        doc = await self._load("retention")
+        return {"retention_days": doc.get("retention_days", DEFAULT_RETENTION_DAYS)}
+
+    async def save_retention(self, values: dict) -> dict:
+        """Store the retention period."""
+        await self.storage.settings.update_one(
+            {"_id": "retention"}, {"$set": {"retention_days": values["retention_days"], "updated_at": self.clock()}},
+            upsert=True)
+        return await self.retention()

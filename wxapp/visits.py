@@ -720,4 +720,5 @@ class Visits:
             "is_auth": record["is_auth"], "status": lifecycle.effective(record, self.clock()), "signin_time": record["signin_time"],
             "create_time": record.get("create_time", 0),
             "retinues": [person(p) for p in record["retinues"]],
+            "anonymized": bool(record.get("anonymized")),
         }

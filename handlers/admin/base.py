@@ -35,6 +35,7 @@ DONE_MESSAGES = {
     "koala_failing": "考拉仍未能删除这些访客，系统会在后台继续重试。",
     "servers_saved": "服务器设置已保存。",
     "templates_saved": "消息模板设置已保存。",
+    "retention_saved": "数据保留期限已保存，将在一分钟内按新期限执行。",
     "key_revoked": "API 密钥已停用，使用它的设备将立即无法调用接口。",
     "user_created": "管理员已添加。",
     "password_changed": "密码已修改，该管理员在其他地方的登录已退出。",

@@ -1,5 +1,5 @@
 """/admin/settings: Koala's address and account with a connection test, this system's public URL,
-and the message templates."""
+the message templates, and how long personal data is kept (with what the retention job last did)."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import json
 from wxapp.errors import ApiError
 from wxapp.events import EVENT_LABELS, EVENTS, TEMPLATE_VALUES
 from wxapp.koala import KoalaClient, KoalaError
-from wxapp.system_settings import (HOST_CHANGED, PASSWORD_MASK, SERVERS_SCHEMA, TEMPLATES_SCHEMA, KoalaAccount,
-                                   koala_base_url)
+from wxapp.system_settings import (HOST_CHANGED, PASSWORD_MASK, RETENTION_SCHEMA, SERVERS_SCHEMA, TEMPLATES_SCHEMA,
+                                   KoalaAccount, koala_base_url)
 from wxapp.validation import Schema
 
 from .base import AdminPageHandler
@@ -17,7 +17,7 @@ from .base import AdminPageHandler
 LABELS = {
     "koala_ip": "考拉主机地址", "koala_username": "考拉用户名", "koala_password": "考拉密码",
     "cloud_url": "本系统对外网址", "verify_code_sms_id": "模板 ID", "wechat_fields": "微信模板字段映射",
-    "reminder_hour": "提醒时间",
+    "reminder_hour": "提醒时间", "retention_days": "保留天数",
 }
 SERVER_FIELDS = ("koala_ip", "koala_username", "koala_password", "cloud_url")
 KOALA_FIELDS = ("koala_ip", "koala_username", "koala_password")
@@ -45,7 +45,8 @@ class SettingsPage(AdminPageHandler):
     nav = "/admin/settings"
 
     async def show(self, status: int = 200, *, servers: dict | None = None, templates: dict | None = None,
-                   errors: dict | None = None, koala_test: tuple[bool, str] | None = None) -> None:
+                   errors: dict | None = None, koala_test: tuple[bool, str] | None = None,
+                   retention: dict | None = None) -> None:
         """Render the page; `servers`/`templates` are the entered values to show instead of the stored ones."""
         stored = await self.ctx.system_settings.servers()
         if templates is None:
@@ -58,6 +59,8 @@ class SettingsPage(AdminPageHandler):
             password_set=stored["koala_password"] == PASSWORD_MASK, templates=templates, errors=errors or {},
             koala_test=koala_test, events=[(event, EVENT_LABELS[event]) for event in EVENTS],
             template_values=TEMPLATE_VALUES,
+            retention=retention or await self.ctx.system_settings.retention(),
+            retention_run=await self.ctx.retention.last_run(),
         )
 
     async def entered_servers(self, names: tuple[str, ...]) -> tuple[dict, dict, dict]:
@@ -138,9 +141,24 @@ class TemplatesHandler(SettingsPage):
         self.redirect("/admin/settings?done=templates_saved")
 
 
+class RetentionHandler(SettingsPage):
+    """POST /admin/settings/retention: save the retention period; the job applies it at its next round."""
+
+    async def post(self):
+        entered = self.form("retention_days")
+        parsed, errors = check_fields(RETENTION_SCHEMA, entered, ("retention_days",))
+        if errors:
+            await self.show(400, errors=errors, retention=entered)
+            return
+        await self.ctx.system_settings.save_retention(parsed)
+        await self.ctx.retention.schedule_now()
+        self.redirect("/admin/settings?done=retention_saved")
+
+
 default_handlers = [
     (r"/admin/settings", SettingsHandler),
     (r"/admin/settings/servers", ServersHandler),
     (r"/admin/settings/koala-test", KoalaTestHandler),
     (r"/admin/settings/templates", TemplatesHandler),
+    (r"/admin/settings/retention", RetentionHandler),
 ]

@@ -119,3 +119,14 @@ async def test_redis_commands_sent_together_do_not_queue_for_their_connections(c
     # command, as it checks each connection under its lock. A busy server's loop pass takes
     # milliseconds: 32 gate scans at once waited half a second.
     assert passes < 20, passes
+
+
+@pytest.mark.gen_test
+async def test_a_conditional_update_by_id_reads_one_record_not_the_collection(ctx):
+    await ctx.storage.records.insert_many([{"_id": i, "status": "approved"} for i in range(1, 2001)])
+    plan = await ctx.storage.records.find({"_id": 1500, "status": "approved"}).explain()
+    assert plan["executionStats"]["totalDocsExamined"] == 1, plan["executionStats"]
+    updated = await ctx.storage.records.find_one_and_update(
+        {"_id": 1500, "status": "approved"}, {"$set": {"status": "declined"}}, return_document=True)
+    assert updated["status"] == "declined"
+    assert (await ctx.storage.records.update_one({"_id": 1500, "status": "approved"}, {"$set": {"x": 1}})).matched_count == 0

@@ -113,6 +113,48 @@ INDEXES = {
 }
 
 
+def _by_id(query, kwargs: dict) -> dict:
+    """`kwargs` with the _id index as hint when `query` picks documents by `_id` and more (see BY_ID)."""
+    if isinstance(query, dict) and "_id" in query and len(query) > 1 and "hint" not in kwargs:
+        return {**kwargs, "hint": BY_ID}
+    return kwargs
+
+
+class _Collection:
+    """A collection whose reads and writes by `_id` plus conditions use the _id index, in every
+    module alike (the conditional updates of every state change are such)."""
+
+    def __init__(self, collection):
+        self._collection = collection
+
+    def __getattr__(self, name):
+        return getattr(self._collection, name)
+
+    def find(self, query=None, *args, **kwargs):
+        return self._collection.find(query, *args, **_by_id(query, kwargs))
+
+    def find_one(self, query=None, *args, **kwargs):
+        return self._collection.find_one(query, *args, **_by_id(query, kwargs))
+
+    def find_one_and_update(self, query, update, *args, **kwargs):
+        return self._collection.find_one_and_update(query, update, *args, **_by_id(query, kwargs))
+
+    def find_one_and_delete(self, query, *args, **kwargs):
+        return self._collection.find_one_and_delete(query, *args, **_by_id(query, kwargs))
+
+    def update_one(self, query, update, *args, **kwargs):
+        return self._collection.update_one(query, update, *args, **_by_id(query, kwargs))
+
+    def replace_one(self, query, replacement, *args, **kwargs):
+        return self._collection.replace_one(query, replacement, *args, **_by_id(query, kwargs))
+
+    def delete_one(self, query, *args, **kwargs):
+        return self._collection.delete_one(query, *args, **_by_id(query, kwargs))
+
+    def count_documents(self, query, *args, **kwargs):
+        return self._collection.count_documents(query, *args, **_by_id(query, kwargs))
+
+
 class Storage:
     """One MongoDB client for the whole process and the application's collections.
 
@@ -137,7 +179,7 @@ class Storage:
 
     def __getattr__(self, name):
         if name in INDEXES:
-            return self.db[name]
+            return _Collection(self.db[name])
         raise AttributeError(name)
 
     async def ping(self) -> None:

@@ -19,7 +19,7 @@ from wxapp.auth import WECHAT_ROLES, Principal, Role
 from wxapp.context import AppContext
 from wxapp.errors import DEFAULT_MESSAGES, ApiError
 from wxapp.storage import UNAVAILABLE_ERRORS
-from wxapp.validation import Schema
+from wxapp.validation import PAGE, Schema
 
 log = logging.getLogger("visitor.http")
 
@@ -29,6 +29,7 @@ ADMIN_COOKIE = "admin_session"
 # The database or Redis cannot be reached: answered with 503, never 500.
 SERVICE_UNAVAILABLE = UNAVAILABLE_ERRORS + (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _NO_DATA = object()
+PAGE_QUERY = Schema(PAGE)
 # Sent with every answer, by BaseHandler and by the gate's fast path (handlers.gatepath).
 DEFAULT_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 # The headers of every /v1 answer besides those.
@@ -69,26 +70,29 @@ class ApiSpec:
     data: dict | None = None  # JSON Schema of `data` in a success answer
     paged: bool = False
     description: str = ""
+    errors: tuple[int, ...] = ()  # statuses the endpoint answers besides 400/401/403/503 (404, 409, …)
+    envelope: bool = True  # False: `data` is the whole answer (the OpenAPI document itself)
 
 
 def api(*, allow: Iterable[Role], summary: str, query: Schema | None = None, body: Schema | None = None,
-        path: Schema | None = None, data: dict | None = None, paged: bool = False, description: str = ""):
+        path: Schema | None = None, data: dict | None = None, paged: bool = False, description: str = "",
+        errors: Iterable[int] = (), envelope: bool = True):
     """Declare an endpoint: authorize the caller, then parse path, query and body before the method runs.
 
     The method receives the parsed path parameters as keyword arguments; the parsed query and
     body are in `self.query` and `self.body`, the caller in `self.principal`."""
-    spec = ApiSpec(tuple(allow), summary, query, body, path, data, paged, description)
+    spec = ApiSpec(tuple(allow), summary, query, body, path, data, paged, description, tuple(errors), envelope)
 
     def decorate(method):
         @functools.wraps(method)
         async def wrapper(self: "BaseHandler", *args, **kwargs):
             self.principal = await self.authorize(spec.allow)
             if spec.path is not None:
-                kwargs = spec.path.load(kwargs)
+                kwargs = spec.path.load(kwargs, textual=True)
             if spec.query is not None:
-                self.query = spec.query.load(self.query_arguments())
+                self.query = spec.query.load(self.query_arguments(), textual=True)
             if spec.body is not None:
-                self.body = spec.body.load(self.json_body())
+                self.body = spec.body.load(self.json_body(), textual=self.body_is_form())
             return await method(self, *args, **kwargs)
 
         wrapper.api_spec = spec
@@ -109,6 +113,14 @@ class BaseHandler(tornado.web.RequestHandler):
     def ctx(self) -> AppContext:
         """The application context (clients and services)."""
         return self.settings["context"]
+
+    def query_arguments(self) -> dict[str, str]:
+        """The query string as a flat dict (the last value of a repeated name wins)."""
+        return {name: self.get_query_argument(name) for name in self.request.query_arguments}
+
+    def parse_query(self, schema: Schema) -> dict:
+        """The query string checked by `schema`, as @api checks /v1's; a 400 ApiError when malformed."""
+        return schema.load(self.query_arguments(), textual=True)
 
     def set_default_headers(self):
         for name, value in DEFAULT_HEADERS.items():
@@ -222,6 +234,11 @@ class BaseHandler(tornado.web.RequestHandler):
         return ApiError(400 if status < 500 else 500, status=status)
 
 
+def _not_json(name: str):
+    """NaN and Infinity are not JSON, though Python's parser takes them."""
+    raise ValueError(name)
+
+
 class APIHandler(BaseHandler):
     """A /v1 JSON endpoint: answers the envelope of CONTRACT §2, never a redirect or HTML."""
 
@@ -232,25 +249,25 @@ class APIHandler(BaseHandler):
         # API callers use keys or WeChat sessions; authorize() checks XSRF for admin browser sessions.
         pass
 
-    def query_arguments(self) -> dict[str, str]:
-        """The query string as a flat dict (the last value of a repeated name wins)."""
-        return {name: self.get_query_argument(name) for name in self.request.query_arguments}
-
     def json_body(self) -> dict[str, Any]:
         """The request body as a dict: a JSON object or a urlencoded form; 400 when malformed."""
         if not hasattr(self, "_json_body"):
             self._json_body = self._parse_body()
         return self._json_body
 
+    def body_is_form(self) -> bool:
+        """Whether the body is a form (its values are strings) rather than JSON."""
+        return self.request.headers.get("Content-Type", "").startswith(
+            ("application/x-www-form-urlencoded", "multipart/form-data"))
+
     def _parse_body(self) -> dict[str, Any]:
-        content_type = self.request.headers.get("Content-Type", "")
-        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        if self.body_is_form():
             return {name: self.get_body_argument(name) for name in self.request.body_arguments}
         if not self.request.body.strip():
             return {}
         try:
-            body = json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(self.request.body, parse_constant=_not_json)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
             raise ApiError(400, "请求体不是合法的 JSON") from None
         if not isinstance(body, dict):
             raise ApiError(400, "请求体应为 JSON 对象")
@@ -303,6 +320,13 @@ class PlainTextHandler(BaseHandler):
 
 class PageHandler(BaseHandler):
     """An HTML page rendered with Jinja2; errors are shown as a Chinese error page."""
+
+    def page_number(self) -> int:
+        """The `page` query argument, checked as /v1 checks it; the first page when it is malformed."""
+        try:
+            return self.parse_query(PAGE_QUERY)["page"]
+        except ApiError:
+            return 1
 
     def render_page(self, template: str, status: int = 200, **values) -> None:
         """Render a template from templates/ with the request's helpers."""

@@ -30,6 +30,8 @@ ADMIN_COOKIE = "admin_session"
 SERVICE_UNAVAILABLE = UNAVAILABLE_ERRORS + (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _NO_DATA = object()
 PAGE_QUERY = Schema(PAGE)
+# Configuration flags that the OpenAPI document depends on (see Field.required_when).
+SMS_CODES = "sms_codes"
 # Sent with every answer, by BaseHandler and by the gate's fast path (handlers.gatepath).
 DEFAULT_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 # The headers of every /v1 answer besides those.
@@ -115,8 +117,13 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.settings["context"]
 
     def query_arguments(self) -> dict[str, str]:
-        """The query string as a flat dict (the last value of a repeated name wins)."""
-        return {name: self.get_query_argument(name) for name in self.request.query_arguments}
+        """The query string as a flat dict (the last value of a repeated name wins), exactly as sent:
+        unlike get_query_argument, nothing stripped and no control character turned into a space."""
+        return self.raw_arguments(self.request.query_arguments)
+
+    def raw_arguments(self, arguments: dict[str, list[bytes]]) -> dict[str, str]:
+        """Decoded query or form arguments, the last value of each name; 400 when not UTF-8."""
+        return {name: self.decode_argument(values[-1], name=name) for name, values in arguments.items()}
 
     def parse_query(self, schema: Schema) -> dict:
         """The query string checked by `schema`, as @api checks /v1's; a 400 ApiError when malformed."""
@@ -262,7 +269,7 @@ class APIHandler(BaseHandler):
 
     def _parse_body(self) -> dict[str, Any]:
         if self.body_is_form():
-            return {name: self.get_body_argument(name) for name in self.request.body_arguments}
+            return self.raw_arguments(self.request.body_arguments)
         if not self.request.body.strip():
             return {}
         try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from typing import Iterable
 
 from wxapp.auth import Role
 
@@ -70,26 +71,24 @@ def _error(status: int) -> dict:
     return {"description": _ERRORS[status], "content": {"application/json": {"schema": _ERROR}}}
 
 
-def _operation(spec) -> dict:
+def _operation(spec, flags: frozenset[str]) -> dict:
     op: dict = {"summary": spec.summary, "x-roles": [role.value for role in spec.allow]}
     if spec.description:
         op["description"] = spec.description
     op["security"] = security_of(spec.allow)
     params = []
     if spec.path is not None:
-        params += spec.path.parameters("path")
+        params += spec.path.parameters("path", flags)
     if spec.query is not None:
-        params += spec.query.parameters("query")
+        params += spec.query.parameters("query", flags)
     if params:
         op["parameters"] = params
     if spec.body is not None:
-        op["requestBody"] = {
-            "required": True,
-            "content": {
-                "application/json": {"schema": spec.body.json_schema()},
-                "application/x-www-form-urlencoded": {"schema": spec.body.json_schema()},
-            },
-        }
+        content = {"application/json": {"schema": spec.body.json_schema(flags)}}
+        if all(field.kind not in ("array", "object") for field in spec.body.fields):
+            # A form carries strings only: documented where every field can be written as one.
+            content["application/x-www-form-urlencoded"] = {"schema": spec.body.json_schema(flags)}
+        op["requestBody"] = {"required": True, "content": content}
     if not spec.envelope:
         op["responses"] = {"200": {"description": spec.summary, "content": {"application/json": {"schema": spec.data}}}}
         return op
@@ -110,8 +109,10 @@ def _operation(spec) -> dict:
     return op
 
 
-def build_openapi(routes) -> dict:
-    """The document for every /v1 route that declares its methods with @api."""
+def build_openapi(routes, flags: Iterable[str] = ()) -> dict:
+    """The document for every /v1 route that declares its methods with @api, for a configuration
+    with the given flags set (base.SMS_CODES: bindings need an SMS code)."""
+    flags = frozenset(flags)
     paths: dict = {}
     for pattern, handler in routes:
         if not pattern.startswith("/v1/"):
@@ -120,7 +121,8 @@ def build_openapi(routes) -> dict:
         for method in _METHODS:
             spec = getattr(getattr(handler, method, None), "api_spec", None)
             if spec is not None:
-                operations[method] = _operation(spec)
+                operations[method] = {"operationId": method + handler.__name__.removesuffix("Handler"),
+                                      **_operation(spec, flags)}
         if operations:
             paths[openapi_path(pattern)] = operations
     return {

@@ -56,6 +56,7 @@ class Field:
         convert: Callable[[Any], Any] | None = None,
         pattern: str | None = None,
         pattern_message: str = "格式不正确",
+        required_when: str | None = None,
     ):
         if kind not in _TYPE_NAMES:
             raise ValueError(f"unknown field kind {kind!r}")
@@ -76,6 +77,9 @@ class Field:
         self.example = example
         self.extra_schema = dict(json_schema or {})
         self.convert = convert
+        # Optional here, but required by the domain when this configuration flag is set (the SMS
+        # code while SMS is on): the OpenAPI document, built for one configuration, says so.
+        self.required_when = required_when
         if kind == "string" and pattern is None and not allow_empty:
             pattern = NOT_BLANK
         self.pattern = pattern
@@ -228,19 +232,20 @@ class Schema:
             result[name] = field.parse(raw, textual)
         return result
 
-    def json_schema(self) -> dict:
-        """This schema as a JSON Schema object."""
+    def json_schema(self, flags: frozenset[str] = frozenset()) -> dict:
+        """This schema as a JSON Schema object, for a configuration with the given `flags` set."""
         properties = {f.name: f.json_schema() for f in self.fields}
         for f in self.fields:
             properties.update({alias: properties[f.name] for alias in f.aliases})
         schema = {"type": "object", "properties": properties,
-                  "required": [f.name for f in self.fields if f.required]}
+                  "required": [f.name for f in self.fields if f.required or f.required_when in flags]}
         return schema
 
-    def parameters(self, location: str = "query") -> list[dict]:
+    def parameters(self, location: str = "query", flags: frozenset[str] = frozenset()) -> list[dict]:
         """This schema as OpenAPI parameters (for query strings)."""
         return [
-            {"name": f.name, "in": location, "required": f.required, "schema": f.json_schema()}
+            {"name": f.name, "in": location, "required": f.required or f.required_when in flags,
+             "schema": f.json_schema()}
             for f in self.fields
         ]
 

@@ -19,9 +19,9 @@ from tests.conftest import ADMIN_KEY, GATE_KEY, KIOSK_KEY
 ROOT = Path(__file__).resolve().parent.parent
 ST = Path(sys.executable).with_name("st")
 SEED = 20261130
-MAX_EXAMPLES = 10
+MAX_EXAMPLES = 20
 CHECKS = ("not_a_server_error,positive_data_acceptance,negative_data_rejection,status_code_conformance,"
-          "content_type_conformance")
+          "content_type_conformance,response_schema_conformance")
 
 
 async def run_schemathesis(base_url: str, operations: list[str], auth: dict[str, dict], redis_url: str,

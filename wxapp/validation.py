@@ -102,7 +102,8 @@ class Field:
                 self._fail("不能为空")
             if self._regex is not None and not self._regex.search(value):
                 self._fail(self.pattern_message)
-            value = value.strip()
+            if self.choices is None:  # a choice is taken as written, as the document's enum says
+                value = value.strip()
         if self.kind == "integer" and isinstance(value, int):
             if value < self.minimum_or_default:
                 self._fail(f"不能小于 {self.minimum_or_default}")

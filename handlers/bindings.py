@@ -9,7 +9,7 @@ from wxapp.validation import Field, Schema, name_field, phone_field
 from .base import SMS_CODES, APIHandler, api
 
 WEIXIN = Field("weixinUserId", max_length=64, description="公众号网页授权得到的 openid，必须是当前登录的微信用户")
-CODE = Field("code", required=False, max_length=6, pattern="^[0-9]{6}$", pattern_message="应为 6 位数字",
+CODE = Field("code", required=False, max_length=6, pattern="^[0-9]{6}$", pattern_message="验证码错误：应为 6 位数字",
              required_when=SMS_CODES, description="短信验证码（SMS_BACKEND=off 时不需要）")
 
 EMPLOYEE_DATA = {"type": "object", "properties": {k: {"type": t} for k, t in (

@@ -136,7 +136,8 @@ def build_openapi(routes, flags: Iterable[str] = ()) -> dict:
                 "wechatSession": {"type": "apiKey", "in": "cookie", "name": "wx_session",
                                   "description": "微信网页授权后的会话（/wechat/oauth）"},
                 "adminSession": {"type": "apiKey", "in": "cookie", "name": "admin_session",
-                                 "description": "管理后台登录会话（/admin/login）"},
+                                 "description": "管理后台登录会话（/admin/login）；PUT、POST、DELETE 还需请求头 "
+                                                 "X-XSRFToken，其值与 _xsrf Cookie 相同"},
             }
         },
     }

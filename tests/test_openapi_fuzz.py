@@ -33,8 +33,9 @@ async def run_schemathesis(base_url: str, operations: list[str], auth: dict[str,
     config.write_text("".join(
         f"[auth.openapi.{scheme}]\n" + "".join(f'{key} = "{value}"\n' for key, value in values.items())
         for scheme, values in auth.items()))
-    args = [str(ST), "--config-file", str(config), "run", f"{base_url}/v1/openapi.json", "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES),
-            "--mode", "all", "--phases", "examples,coverage,fuzzing", "--checks", CHECKS, "--workers", "1",
+    args = [str(ST), "--config-file", str(config), "run", f"{base_url}/v1/openapi.json",
+            "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES), "--mode", "all",
+            "--phases", "examples,coverage,fuzzing", "--checks", CHECKS, "--workers", "1",
             "--no-shrink", "--suppress-health-check", "all", "--request-timeout", "10",
             "--output-truncate", "false"]
     for operation in operations:

@@ -178,3 +178,21 @@ async def test_an_api_key_name_with_a_bidi_override_is_refused(admin_login, ctx)
                                                           "_xsrf": admin.cookie("_xsrf")})
     assert resp.status == 400
     assert all("\u202e" not in key["name"] for key in await ctx.api_keys.list())
+
+
+@pytest.mark.gen_test
+async def test_query_and_form_values_that_are_not_utf8_are_400(anonymous):
+    assert_400(await anonymous.fetch("/v1/notifications?status=%FF", key=ADMIN_KEY))
+    resp = await anonymous.fetch("/v1/visit/signin", "POST", body=b"phone=%FF%FE", key=ADMIN_KEY,
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert_400(resp)
+
+
+@pytest.mark.gen_test
+async def test_query_and_form_values_are_checked_as_sent(anonymous):
+    # Tornado's get_argument would turn the control character into a space and strip it away.
+    assert_400(await anonymous.fetch("/v1/visit/records?type=web&name=%1B", key=ADMIN_KEY))
+    assert_400(await anonymous.fetch("/v1/visit/records?type=%20web", key=ADMIN_KEY))
+    resp = await anonymous.fetch("/v1/visit/qrcode", "POST", body=b"qrcode=abcdefghijklmnop&gate=%00", key=GATE_KEY,
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert_400(resp)

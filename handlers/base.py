@@ -72,7 +72,7 @@ class ApiSpec:
     data: dict | None = None  # JSON Schema of `data` in a success answer
     paged: bool = False
     description: str = ""
-    errors: tuple[int, ...] = ()  # statuses the endpoint answers besides 400/401/403/503 (404, 409, …)
+    errors: tuple[int, ...] = ()  # statuses the endpoint answers besides 400/401/403/429/503 (404, 409, …)
     envelope: bool = True  # False: `data` is the whole answer (the OpenAPI document itself)
 
 

@@ -100,8 +100,8 @@ def _operation(spec, flags: frozenset[str]) -> dict:
     statuses = set(spec.errors)
     if spec.path or spec.query or spec.body:
         statuses.add(400)
-    if Role.PUBLIC not in spec.allow:
-        statuses |= {401, 403, 503}
+    if Role.PUBLIC not in spec.allow:  # 429: callers are rate limited wherever they authenticate
+        statuses |= {401, 403, 429, 503}
     op["responses"] = {
         "200": {"description": "code 0 为成功", "content": {"application/json": {"schema": success}}},
         **{str(status): _error(status) for status in sorted(statuses)},

@@ -13,7 +13,7 @@ from wxapp.security import derive_key
 
 from . import (admin, bindings, config, gatepath, h5, health, media, notifications, oauth, openapi, visits,
                wechat_messages)
-from .base import DEFAULT_BODY_LIMIT, BodyBudget, NotFoundPageHandler, StaticHandler, UnknownApiHandler, log_access
+from .base import DEFAULT_BODY_LIMIT, SMS_CODES, BodyBudget, NotFoundPageHandler, StaticHandler, UnknownApiHandler, log_access
 
 ROOT = Path(__file__).resolve().parent.parent
 _MODULES = (visits, health, bindings, config, notifications, openapi, media, oauth, wechat_messages, h5, admin)
@@ -61,7 +61,8 @@ def make_app(ctx: AppContext, **overrides) -> tornado.web.Application:
         default_handler_class=NotFoundPageHandler,
         compress_response=True,
         log_function=log_request,
-        openapi=json.dumps(openapi.build_openapi(table), ensure_ascii=False),
+        openapi=json.dumps(openapi.build_openapi(table, [SMS_CODES] if ctx.codes.required else []),
+                           ensure_ascii=False),
     )
     settings.update(overrides)
     return gatepath.Application(table, **settings)

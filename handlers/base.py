@@ -28,7 +28,7 @@ from wxapp.context import AppContext
 from wxapp.errors import DEFAULT_MESSAGES, ApiError
 from wxapp.privacy import loggable_uri, mask_mobiles
 from wxapp.storage import UNAVAILABLE_ERRORS
-from wxapp.validation import Schema
+from wxapp.validation import PAGE, Schema
 
 log = logging.getLogger("visitor.http")
 
@@ -52,6 +52,9 @@ DEFAULT_HEADERS = {
 }
 # Added to those when the request came over https (as the proxy in front says).
 HSTS_HEADER = ("Strict-Transport-Security", "max-age=31536000")
+PAGE_QUERY = Schema(PAGE)
+# Configuration flags that the OpenAPI document depends on (see Field.required_when).
+SMS_CODES = "sms_codes"
 # The headers of every /v1 answer besides those.
 ENVELOPE_HEADERS = {"Content-Type": "application/json; charset=UTF-8", "Cache-Control": "no-store"}
 # The largest body an endpoint accepts unless it declares more: JSON or a form without photos.
@@ -131,27 +134,30 @@ class ApiSpec:
     paged: bool = False
     description: str = ""
     max_body: int = DEFAULT_BODY_LIMIT  # bytes of request body accepted
+    errors: tuple[int, ...] = ()  # statuses the endpoint answers besides 400/401/403/429/503 (404, 409, …)
+    envelope: bool = True  # False: `data` is the whole answer (the OpenAPI document itself)
 
 
 def api(*, allow: Iterable[Role], summary: str, query: Schema | None = None, body: Schema | None = None,
         path: Schema | None = None, data: dict | None = None, paged: bool = False, description: str = "",
-        max_body: int = DEFAULT_BODY_LIMIT):
+        max_body: int = DEFAULT_BODY_LIMIT, errors: Iterable[int] = (), envelope: bool = True):
     """Declare an endpoint: who may call it (checked on the headers, before the body is read, as is
     `max_body`), then parse path, query and body before the method runs.
 
     The method receives the parsed path parameters as keyword arguments; the parsed query and
     body are in `self.query` and `self.body`, the caller in `self.principal`."""
-    spec = ApiSpec(tuple(allow), summary, query, body, path, data, paged, description, max_body)
+    spec = ApiSpec(tuple(allow), summary, query, body, path, data, paged, description, max_body, tuple(errors),
+                   envelope)
 
     def decorate(method):
         @functools.wraps(method)
         async def wrapper(self: "BaseHandler", *args, **kwargs):
             if spec.path is not None:
-                kwargs = spec.path.load(kwargs)
+                kwargs = spec.path.load(kwargs, textual=True)
             if spec.query is not None:
-                self.query = spec.query.load(self.query_arguments())
+                self.query = spec.query.load(self.query_arguments(), textual=True)
             if spec.body is not None:
-                self.body = spec.body.load(self.json_body())
+                self.body = spec.body.load(self.json_body(), textual=self.body_is_form())
             return await method(self, *args, **kwargs)
 
         wrapper.api_spec = spec
@@ -285,6 +291,19 @@ class BaseHandler(tornado.web.RequestHandler):
             method = cls.__dict__.get(name)
             if method is not None and not getattr(method, "after_body", False):
                 setattr(cls, name, _after_body(method))
+
+    def query_arguments(self) -> dict[str, str]:
+        """The query string as a flat dict (the last value of a repeated name wins), exactly as sent:
+        unlike get_query_argument, nothing stripped and no control character turned into a space."""
+        return self.raw_arguments(self.request.query_arguments)
+
+    def raw_arguments(self, arguments: dict[str, list[bytes]]) -> dict[str, str]:
+        """Decoded query or form arguments, the last value of each name; 400 when not UTF-8."""
+        return {name: self.decode_argument(values[-1], name=name) for name, values in arguments.items()}
+
+    def parse_query(self, schema: Schema) -> dict:
+        """The query string checked by `schema`, as @api checks /v1's; a 400 ApiError when malformed."""
+        return schema.load(self.query_arguments(), textual=True)
 
     def set_default_headers(self):
         set_security_headers(self)
@@ -507,6 +526,11 @@ class BaseHandler(tornado.web.RequestHandler):
         return ApiError(400 if status < 500 else 500, status=status)
 
 
+def _not_json(name: str):
+    """NaN and Infinity are not JSON, though Python's parser takes them."""
+    raise ValueError(name)
+
+
 class APIHandler(BaseHandler):
     """A /v1 JSON endpoint: answers the envelope of CONTRACT §2, never a redirect or HTML."""
 
@@ -517,20 +541,20 @@ class APIHandler(BaseHandler):
         # API callers use keys or WeChat sessions; authorize() asks XSRF of admin browser sessions.
         pass
 
-    def query_arguments(self) -> dict[str, str]:
-        """The query string as a flat dict (the last value of a repeated name wins)."""
-        return {name: self.get_query_argument(name) for name in self.request.query_arguments}
-
     def json_body(self) -> dict[str, Any]:
         """The request body as a dict: a JSON object or a urlencoded form; 400 when malformed."""
         if not hasattr(self, "_json_body"):
             self._json_body = self._parse_body()
         return self._json_body
 
+    def body_is_form(self) -> bool:
+        """Whether the body is a form (its values are strings) rather than JSON."""
+        return self.request.headers.get("Content-Type", "").startswith(
+            ("application/x-www-form-urlencoded", "multipart/form-data"))
+
     def _parse_body(self) -> dict[str, Any]:
-        content_type = self.request.headers.get("Content-Type", "")
-        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-            return {name: self.get_body_argument(name) for name in self.request.body_arguments}
+        if self.body_is_form():
+            return self.raw_arguments(self.request.body_arguments)
         raw = self.request.body
         if not raw or raw.isspace():
             return {}
@@ -546,8 +570,8 @@ class APIHandler(BaseHandler):
         text = escaped.decode("ascii")
         del escaped
         try:
-            body = json.loads(text)
-        except ValueError:
+            body = json.loads(text, parse_constant=_not_json)
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             raise ApiError(400, "请求体不是合法的 JSON") from None
         if not isinstance(body, dict):
             raise ApiError(400, "请求体应为 JSON 对象")
@@ -600,6 +624,13 @@ class PlainTextHandler(BaseHandler):
 
 class PageHandler(BaseHandler):
     """An HTML page rendered with Jinja2; errors are shown as a Chinese error page."""
+
+    def page_number(self) -> int:
+        """The `page` query argument, checked as /v1 checks it; the first page when it is malformed."""
+        try:
+            return self.parse_query(PAGE_QUERY)["page"]
+        except ApiError:
+            return 1
 
     def render_page(self, template: str, status: int = 200, **values) -> None:
         """Render a template from templates/ with the request's helpers."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 from wxapp.auth import Role
 from wxapp.bindings import avatar_path
 from wxapp.errors import ApiError
-from wxapp.validation import Field, Schema, phone_field
+from wxapp.validation import Field, Schema, name_field, phone_field
 
-from .base import APIHandler, api
+from .base import SMS_CODES, APIHandler, api
 
 WEIXIN = Field("weixinUserId", max_length=64, description="公众号网页授权得到的 openid，必须是当前登录的微信用户")
-CODE = Field("code", required=False, max_length=6, description="短信验证码（SMS_BACKEND=off 时不需要）")
+CODE = Field("code", required=False, max_length=6, pattern="^[0-9]{6}$", pattern_message="验证码错误：应为 6 位数字",
+             required_when=SMS_CODES, description="短信验证码（SMS_BACKEND=off 时不需要）")
 
 EMPLOYEE_DATA = {"type": "object", "properties": {k: {"type": t} for k, t in (
     ("avatar", "string"), ("name", "string"), ("department", "string"), ("subject_id", "integer"),
@@ -53,8 +54,8 @@ class EmployeeBindingHandler(BindingHandler):
         openid = self.own_openid(self.query["weixinUserId"])
         self.ok(await self.employee_data(await self.ctx.bindings.get(openid)))
 
-    @api(allow=[Role.WECHAT], summary="员工微信绑定（姓名和手机号须与考拉中的员工一致）", data=EMPLOYEE_DATA,
-         body=Schema(WEIXIN, Field("name", max_length=32), phone_field("phone"), CODE))
+    @api(allow=[Role.WECHAT], summary="员工微信绑定（姓名和手机号须与考拉中的员工一致）", data=EMPLOYEE_DATA, errors=(404, 409, 502),
+         body=Schema(WEIXIN, name_field("name", description="员工姓名（与考拉中一致）"), phone_field("phone"), CODE))
     async def post(self):
         openid = self.own_openid(self.body["weixinUserId"])
         binding = await self.ctx.bindings.bind_employee(openid, self.body["name"], self.body["phone"],
@@ -70,7 +71,7 @@ class VisitorBindingHandler(BindingHandler):
         openid = self.own_openid(self.query["weixinUserId"])
         self.ok(await self.visitor_data(await self.ctx.bindings.get(openid)))
 
-    @api(allow=[Role.WECHAT], summary="访客微信绑定手机号", data=VISITOR_DATA,
+    @api(allow=[Role.WECHAT], summary="访客微信绑定手机号", data=VISITOR_DATA, errors=(409,),
          body=Schema(WEIXIN, phone_field("phone"), CODE))
     async def post(self):
         openid = self.own_openid(self.body["weixinUserId"])
@@ -81,7 +82,7 @@ class VisitorBindingHandler(BindingHandler):
 class UnbindHandler(BindingHandler):
     """8 微信解除绑定."""
 
-    @api(allow=[Role.WECHAT], summary="微信解除绑定（员工或访客）", path=Schema(WEIXIN))
+    @api(allow=[Role.WECHAT], summary="微信解除绑定（员工或访客）", path=Schema(WEIXIN), errors=(404,))
     async def delete(self, weixinUserId: str):
         await self.ctx.bindings.unbind(self.own_openid(weixinUserId))
         self.ok()
@@ -90,7 +91,8 @@ class UnbindHandler(BindingHandler):
 class IsBindingHandler(BindingHandler):
     """9 查询微信是否已绑定."""
 
-    @api(allow=[Role.WECHAT], summary="查询微信是否已绑定及绑定类型", query=Schema(WEIXIN), data=IS_BINDING_DATA)
+    @api(allow=[Role.WECHAT], summary="查询微信是否已绑定及绑定类型", query=Schema(WEIXIN), data=IS_BINDING_DATA,
+         errors=(404,))
     async def get(self):
         binding = await self.ctx.bindings.get(self.own_openid(self.query["weixinUserId"]))
         if binding is None:
@@ -104,8 +106,8 @@ class SmsCodeHandler(APIHandler):
     """Send a binding verification code."""
 
     @api(allow=[Role.WECHAT], summary="发送绑定验证码短信（每号每分钟 1 条、每天 10 条；每个微信用户每小时最多 5 个号码，"
-                                      "每个客户端地址每小时最多 20 条）",
-         body=Schema(phone_field("phone")))
+                                      "每个客户端地址每小时最多 20 条）", errors=(429, 502),
+         body=Schema(phone_field("phone", mainland=True, description="中国大陆手机号码")))
     async def post(self):
         await self.ctx.codes.send(self.body["phone"], openid=self.principal.openid, address=self.request.remote_ip)
         self.ok()

@@ -9,6 +9,7 @@ import datetime
 from wxapp import lifecycle
 from wxapp.bindings import avatar_path
 from wxapp.errors import ApiError
+from wxapp.validation import RECORD_ID
 from wxapp.visits import PURPOSES
 
 from .base import PageHandler
@@ -99,7 +100,7 @@ class RecordsHandler(H5Handler):
     async def get(self):
         if not self.require(None):
             return
-        page = max(1, int(self.get_query_argument("page", "1") or 1))
+        page = self.page_number()
         query = self.ctx.visits.filters({}, party=self.binding["phone"])
         records, paging = await self.ctx.visits.find(query, page, PAGE_SIZE)
         values = dict(items=[self.item(r) for r in records], page=paging)
@@ -112,7 +113,7 @@ class RecordHandler(H5Handler):
     async def get(self, record_id: str):
         if not self.require(None):
             return
-        record = await self.ctx.visits.get(int(record_id))
+        record = await self.ctx.visits.get(RECORD_ID.load({"id": record_id}, textual=True)["id"])
         if not self.ctx.visits.visible_to(record, self.binding):
             raise ApiError(403, "这不是您的访客记录")
         item = self.item(record)

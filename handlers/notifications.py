@@ -40,7 +40,7 @@ class RetryHandler(APIHandler):
 
     @api(allow=[Role.ADMIN], summary="重新发送一条失败的通知",
          path=Schema(Field("id", max_length=128, description="通知 id，形如 事件:记录id:渠道")),
-         data=NOTIFICATION_SCHEMA)
+         data=NOTIFICATION_SCHEMA, errors=(404, 409))
     async def post(self, id: str):
         entry = await self.ctx.outbox.retry(id)
         self.ok(present(entry))

@@ -7,7 +7,8 @@ import logging
 from wxapp import gate, lifecycle
 from wxapp.auth import Role
 from wxapp.errors import ApiError
-from wxapp.validation import Field, Schema, normalize_phone, phone_field, time_field
+from wxapp.validation import (PAGE, PHONE_PATTERN, RECORD_ID, Field, Schema, name_field, normalize_phone, phone_field,
+                              text_field, time_field)
 
 from .base import DEFAULT_BODY_LIMIT, APIHandler, api
 
@@ -20,30 +21,34 @@ def _optional_phone(value: str) -> str:
 
 def _filter_phone(name: str, description: str) -> Field:
     return Field(name, required=False, allow_empty=True, max_length=24, check=_optional_phone,
+                 pattern=f"^(?:|{PHONE_PATTERN[1:-1]})$", pattern_message="不是有效的手机号码",
                  description=description)
 
 
-PAGE = Field("page", "integer", default=1, minimum=1, description="页码，从 1 开始")
-SIZE = Field("size", "integer", default=5, minimum=1, check=lambda v: min(v, 100), description="每页条数，最多 100")
+SIZE = Field("size", "integer", default=5, minimum=1, check=lambda v: min(v, 100),
+             description="每页条数；大于 100 时按 100")
+# Base64 of a JPEG or PNG (their first bytes fixed), optionally as a data: URL; decoded at most 2 MB.
+PHOTO_PATTERN = (r"^(?:|(?:data:image/(?:jpeg|png);base64,)?(?:/9j/|iVBORw0KGg[o-r][A-Za-z0-9+/])"
+                 r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?)$")
 PHOTO_MAX_LENGTH = 2_800_000  # base64 of 2 MB, with room for a data: URL prefix
-PHOTO = Field("photo", required=False, allow_empty=True, max_length=PHOTO_MAX_LENGTH,
-              description="照片，JPEG/PNG 的 base64，不超过 2 MB")
+PHOTO = Field("photo", required=False, allow_empty=True, max_length=PHOTO_MAX_LENGTH, pattern=PHOTO_PATTERN,
+              pattern_message="应为 JPEG 或 PNG 图片的 base64", description="照片，JPEG/PNG 的 base64，不超过 2 MB")
 MAX_RETINUES = 20
 # An application carries up to 1 + MAX_RETINUES photos besides its few hundred bytes of fields.
 APPLICATION_MAX_BODY = (1 + MAX_RETINUES) * PHOTO_MAX_LENGTH + DEFAULT_BODY_LIMIT
 
-RETINUE = Schema(Field("name", max_length=32, description="随行人员姓名"),
+RETINUE = Schema(name_field("name", description="随行人员姓名"),
                  phone_field("phone", description="随行人员手机号码"), PHOTO)
 APPLICATION = Schema(
     Field("subject_type", "integer", choices=[1], description="1：访客"),
-    Field("name", max_length=32, description="访客姓名"),
+    name_field("name", description="访客姓名"),
     phone_field("phone", description="访客手机号码"),
     Field("purpose", "integer", default=0, choices=[0, 1, 2, 3, 4],
           description="来访目的：0 其它，1 面试，2 商务，3 亲友，4 快递送货"),
-    Field("remark", default="", allow_empty=True, max_length=200, description="备注"),
-    Field("come_from", default="", allow_empty=True, max_length=64, description="访客单位"),
+    text_field("remark", 200, default="", allow_empty=True, description="备注"),
+    name_field("come_from", 64, default="", allow_empty=True, description="访客单位"),
     phone_field("proposer", description="申请人的手机号码（本人绑定的手机号）"),
-    Field("interviewee", max_length=32, description="被访人姓名"),
+    name_field("interviewee", description="被访人姓名"),
     phone_field("interviewee_phone", description="被访人手机号码"),
     time_field("start_time", description="来访开始时间（Unix 秒）"),
     time_field("end_time", description="来访结束时间（Unix 秒）"),
@@ -52,9 +57,9 @@ APPLICATION = Schema(
           description="随行人员"),
 )
 RECORD_FILTERS = (
-    Field("name", required=False, allow_empty=True, max_length=32, description="访客姓名，模糊匹配"),
+    name_field("name", required=False, allow_empty=True, description="访客姓名，模糊匹配"),
     _filter_phone("phone", "访客手机号码"),
-    Field("interviewee", required=False, allow_empty=True, max_length=32, description="被访人姓名，模糊匹配"),
+    name_field("interviewee", required=False, allow_empty=True, description="被访人姓名，模糊匹配"),
     _filter_phone("interviewee_phone", "被访人手机号码"),
     time_field("start_time", required=False, description="与来访时间段重叠的起点"),
     time_field("end_time", required=False, description="与来访时间段重叠的终点"),
@@ -64,15 +69,14 @@ _STATUS_WORD = "(?:" + "|".join(lifecycle.STATUSES) + ")"
 STATUS_FILTER = Field(
     "status", required=False, allow_empty=True, max_length=200,
     check=lambda text: lifecycle.parse_statuses(text) if text else None,
-    json_schema={"pattern": f"^(?:{_STATUS_WORD}(?:,{_STATUS_WORD})*)?$"},
+    pattern=f"^(?:{_STATUS_WORD}(?:,{_STATUS_WORD})*)?$", pattern_message="取值无效，可选：" + ", ".join(lifecycle.STATUSES),
     description="状态，多个用逗号分隔：" + "，".join(f"{k} {v}" for k, v in lifecycle.LABELS.items()))
 RECORDS_QUERY = Schema(
     Field("type", choices=["mobile", "web"], description="mobile：手机端（本人的记录）；web：管理端"),
-    _filter_phone("proposer", "申请人手机号码；手机端必填，须为本人绑定的手机号"),
+    _filter_phone("proposer", "申请人手机号码；手机端须为本人绑定的手机号，默认本人"),
     *RECORD_FILTERS, STATUS_FILTER, PAGE, SIZE,
 )
 AUTH_RECORDS_QUERY = Schema(_filter_phone("phone", "员工的手机号码（默认本人）"), STATUS_FILTER, PAGE, SIZE)
-RECORD_ID = Schema(Field("id", "integer", minimum=1, description="访客记录 id"))
 
 _PERSON = {"subject_id": "integer", "name": "string", "phone": "string", "photo": "string",
            "qrcode": "string", "qrcode_img_url": "string"}
@@ -103,7 +107,7 @@ class ApplicationHandler(VisitHandler):
     """3 访客申请（员工邀约或访客申请）."""
 
     @api(allow=[Role.VISITOR, Role.EMPLOYEE], summary="访客申请（访客每天最多 10 次）或邀约（员工每天最多 30 次）",
-         body=APPLICATION, data=RECORD_SCHEMA, max_body=APPLICATION_MAX_BODY)
+         body=APPLICATION, data=RECORD_SCHEMA, max_body=APPLICATION_MAX_BODY, errors=(404, 502))
     async def post(self):
         async with self.ctx.visit_limits.applying(self.principal.binding):
             record = await self.ctx.visits.apply(self.principal.binding, self.body)
@@ -122,12 +126,13 @@ class RecordsHandler(VisitHandler):
                 raise ApiError(403, "只有管理员可以查询全部访客记录")
             query = self.ctx.visits.filters(args)
         else:
-            if not args.get("proposer"):
-                raise ApiError(400, "缺少参数 proposer")
-            if self.principal.role != Role.ADMIN and args["proposer"] != self.principal.binding["phone"]:
+            own = self.principal.binding["phone"] if self.principal.role != Role.ADMIN else ""
+            proposer = args.get("proposer") or own
+            if own and proposer != own:
                 raise ApiError(403, "只能查询本人的访客记录")
-            # "My records": what I applied for or invited, and visits where I am the visitor.
-            query = self.ctx.visits.filters({**args, "proposer": ""}, party=args["proposer"])
+            # "My records": what I applied for or invited, and visits where I am the visitor (an
+            # admin without a proposer: everyone's).
+            query = self.ctx.visits.filters({**args, "proposer": ""}, party=proposer)
         records, page = await self.ctx.visits.find(query, args["page"], args["size"])
         self.ok(await self.present(records), page)
 
@@ -152,7 +157,7 @@ class AuthRecordsHandler(VisitHandler):
 class AuthorizeHandler(VisitHandler):
     """7 员工授权."""
 
-    @api(allow=[Role.EMPLOYEE, Role.ADMIN], summary="被访员工授权访客申请", path=RECORD_ID)
+    @api(allow=[Role.EMPLOYEE, Role.ADMIN], summary="被访员工授权访客申请", path=RECORD_ID, errors=(404, 409))
     async def put(self, id: int):
         employee_phone = self.principal.binding["phone"] if self.principal.role == Role.EMPLOYEE else None
         await self.ctx.visits.authorize(id, employee_phone)
@@ -163,8 +168,8 @@ class DeclineHandler(VisitHandler):
     """拒绝来访 (CONTRACT §9)."""
 
     @api(allow=[Role.EMPLOYEE, Role.ADMIN], summary="被访员工或管理员拒绝来访（签到前）", path=RECORD_ID,
-         body=Schema(Field("reason", default="", allow_empty=True, max_length=100, description="拒绝原因（可选）")),
-         data=RECORD_SCHEMA)
+         body=Schema(text_field("reason", 100, default="", allow_empty=True, description="拒绝原因（可选）")),
+         data=RECORD_SCHEMA, errors=(404, 409))
     async def post(self, id: int):
         employee_phone = self.principal.binding["phone"] if self.principal.role == Role.EMPLOYEE else None
         record = await self.ctx.visits.decline(id, employee_phone, self.body["reason"])
@@ -175,7 +180,7 @@ class CancelHandler(VisitHandler):
     """取消预约 (CONTRACT §9)."""
 
     @api(allow=[Role.VISITOR, Role.EMPLOYEE, Role.ADMIN], summary="申请人或管理员取消预约（签到前）", path=RECORD_ID,
-         data=RECORD_SCHEMA)
+         data=RECORD_SCHEMA, errors=(404, 409))
     async def post(self, id: int):
         binding = self.principal.binding if self.principal.role != Role.ADMIN else None
         record = await self.ctx.visits.cancel(id, binding)
@@ -186,7 +191,8 @@ class SignoutHandler(VisitHandler):
     """签退 (CONTRACT §9)."""
 
     @api(allow=[Role.KIOSK, Role.ADMIN], summary="签到机签退：今天已签到的来访结束，二维码失效",
-         body=Schema(phone_field("phone", description="访客或任一随行人员的手机号码")), data=RECORD_SCHEMA)
+         body=Schema(phone_field("phone", description="访客或任一随行人员的手机号码")), data=RECORD_SCHEMA,
+         errors=(404, 409))
     async def post(self):
         record = await self.ctx.visits.sign_out(self.body["phone"])
         self.ok((await self.present([record]))[0])
@@ -195,7 +201,8 @@ class SignoutHandler(VisitHandler):
 class RecordHandler(VisitHandler):
     """Admin 3.1 删除访客申请记录."""
 
-    @api(allow=[Role.ADMIN], summary="删除访客申请记录（二维码立即失效，考拉中的访客随后删除）", path=RECORD_ID)
+    @api(allow=[Role.ADMIN], summary="删除访客申请记录（二维码立即失效，考拉中的访客随后删除）", path=RECORD_ID,
+         errors=(404,))
     async def delete(self, id: int):
         await self.ctx.visits.delete(id)
         self.ok()
@@ -205,7 +212,8 @@ class SigninHandler(VisitHandler):
     """Admin 4.1 访客签到."""
 
     @api(allow=[Role.KIOSK, Role.ADMIN], summary="签到机签到：写入考拉并生成每人的通行二维码",
-         body=Schema(phone_field("phone", description="访客或任一随行人员的手机号码")), data=RECORD_SCHEMA)
+         body=Schema(phone_field("phone", description="访客或任一随行人员的手机号码")), data=RECORD_SCHEMA,
+         errors=(404, 409, 502))
     async def post(self):
         record = await self.ctx.visits.signin(self.body["phone"])
         self.ok((await self.present([record]))[0])
@@ -220,7 +228,7 @@ class GateHandler(APIHandler):
     @api(allow=[Role.GATE, Role.KIOSK, Role.ADMIN], summary="闸机验证访客二维码",
          description="code 0 放行；-201 二维码无效，-202 未到访问时间，-203 未签到，-204 无通行权限，-209 通行权限已过期",
          body=Schema(Field("qrcode", max_length=512, description="二维码内容（整段 JSON 或其中的 qrcode）"),
-                     Field("gate", required=False, allow_empty=True, max_length=64, description="闸机名称，记入日志"),
+                     name_field("gate", 64, required=False, allow_empty=True, description="闸机名称，记入日志"),
                      Field("direction", default="in", choices=["in", "out"],
                            description="in 进门（默认）；out 出门：已知的二维码一律放行，并记为离开")),
          max_body=8 * 1024)

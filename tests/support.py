@@ -1,10 +1,12 @@
 """Test helpers: a cookie-keeping HTTP client that drives the app like a browser or a kiosk."""
 from __future__ import annotations
 
+import datetime
 import json as jsonlib
 import time
 from http.cookies import SimpleCookie
 from urllib.parse import urlencode, urljoin, urlsplit
+from zoneinfo import ZoneInfo
 
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
@@ -125,3 +127,8 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+    def to_local_hour(self, hour: int, tz: str = "Asia/Shanghai") -> None:
+        """Move to `hour`:00 of today in `tz` (a test whose visits must stay within one local day)."""
+        now = datetime.datetime.fromtimestamp(self(), ZoneInfo(tz))
+        self.advance(now.replace(hour=hour, minute=0, second=0, microsecond=0).timestamp() - now.timestamp())

@@ -291,3 +291,31 @@ def test_the_matrix_covers_every_endpoint():
     documented = {normalize(f"{method.upper()} {path}")
                   for path, operations in build_openapi(routes())["paths"].items() for method in operations}
     assert {normalize(key) for key in MATRIX} == documented
+
+
+def test_the_document_says_who_may_call_each_endpoint():
+    """Each operation's `security` in /v1/openapi.json is exactly the credentials of the callers the
+    matrix lets through: the WeChat session cookie, the admin session cookie, an API key, or none."""
+    from handlers import routes
+    from handlers.openapi import build_openapi
+
+    schemes_of = {"stranger": "wechatSession", "visitor": "wechatSession", "employee": "wechatSession",
+                  "kiosk": "apiKey", "gate": "apiKey", "admin": "apiKey", "admin_session": "adminSession"}
+    expected: dict[tuple[str, str], set[str]] = {}
+    public: set[tuple[str, str]] = set()
+    for endpoint, row in MATRIX.items():
+        method, path = endpoint.split("?", 1)[0].split(" ", 1)
+        key = (method.lower(), re.sub(r"\{[^}]*\}", "{}", path))
+        allowed = {caller for caller, cell in zip(CALLERS, row) if cell == OK}
+        if "anonymous" in allowed:
+            public.add(key)
+        expected.setdefault(key, set()).update(schemes_of[caller] for caller in allowed - {"anonymous"})
+    for path, operations in build_openapi(routes())["paths"].items():
+        for method, op in operations.items():
+            key = (method, re.sub(r"\{[^}]*\}", "{}", path))
+            documented = {name for requirement in op["security"] for name in requirement}
+            if key in public:
+                assert op["security"] == [], key
+            else:
+                assert documented == expected[key], key
+                assert all(len(requirement) == 1 for requirement in op["security"]), key  # any one of them

@@ -198,7 +198,7 @@ async def test_unbinding_twice_is_404(bind_visitor):
     ("GET", "/v1/visitor/binding?weixinUserId=o-someone-else", None),
     ("GET", "/v1/subject/binding?weixinUserId=o-someone-else", None),
     ("GET", "/v1/wechat/is_binding?weixinUserId=o-someone-else", None),
-    ("POST", "/v1/visitor/binding", {"weixinUserId": "o-someone-else", "phone": "13900000001", "code": "1"}),
+    ("POST", "/v1/visitor/binding", {"weixinUserId": "o-someone-else", "phone": "13900000001", "code": "000000"}),
     ("DELETE", "/v1/subject/binding/o-someone-else", None),
 ])
 @pytest.mark.gen_test

@@ -277,6 +277,7 @@ async def test_signin_prefers_the_visit_happening_now(bind_visitor, bind_employe
 
 @pytest.mark.gen_test
 async def test_gate_decisions_through_the_day(approved_visit, anonymous, clock, ctx):
+    clock.to_local_hour(10)  # the visit, an hour from now, is today's
     rid = await approved_visit(start_offset=HOUR, length=HOUR)
     data = (await signin(anonymous, "13900000001")).json()["data"]
     token = json.loads(data["qrcode"])["qrcode"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from typing import Callable
-from urllib.parse import urlsplit
 
 from .errors import bad_request
 from .events import EVENTS, SEED_TEMPLATE_ID_FIELDS, TEMPLATE_ID_FIELDS, TEMPLATE_VALUES
@@ -17,24 +16,18 @@ PASSWORD_MASK = "******"
 # address could have it sent to a host of theirs): a new address needs the password typed again.
 HOST_CHANGED = "考拉主机地址已更改，请重新输入考拉密码"
 
-_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?)(?::(\d{1,5}))?$")
-_TEMPLATE_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+# Addresses as regular expressions, so that the OpenAPI document states exactly what is accepted.
+_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+_PORT = r"(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+_PATH = r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?"
+HTTP_URL_PATTERN = rf"^https?://{_HOST}{_PORT}{_PATH}$"
+KOALA_ADDRESS_PATTERN = rf"^(?:https?://{_HOST}{_PORT}{_PATH}|{_HOST}{_PORT})$"
+_TEMPLATE_KEY_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,31}$"
+_TEMPLATE_KEY = re.compile(_TEMPLATE_KEY_PATTERN[:-1] + r"\Z")
 
 
-def _check_http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise ValueError("应为 http:// 或 https:// 开头的网址")
+def _without_trailing_slash(value: str) -> str:
     return value.rstrip("/")
-
-
-def _check_koala_address(value: str) -> str:
-    if "://" in value:
-        return _check_http_url(value)
-    match = _HOST_PORT.match(value)
-    if not match or (match.group(2) and not 0 < int(match.group(2)) < 65536):
-        raise ValueError("应为主机名、IP、主机:端口 或完整网址")
-    return value
 
 
 def _check_wechat_fields(value: dict) -> dict:
@@ -46,17 +39,18 @@ def _check_wechat_fields(value: dict) -> dict:
         for key, name in mapping.items():
             if not _TEMPLATE_KEY.match(key):
                 raise ValueError(f"中 {event} 的模板字段名 {key} 无效")
-            if name not in TEMPLATE_VALUES:
+            if not isinstance(name, str) or name not in TEMPLATE_VALUES:
                 raise ValueError(f"中 {event}.{key} 的取值 {name} 无效，可选：{', '.join(TEMPLATE_VALUES)}")
     return value
 
 
 SERVERS_SCHEMA = Schema(
-    Field("koala_ip", max_length=255, check=_check_koala_address, description="考拉主机地址：IP、主机:端口或完整网址",
-          example="192.168.18.53"),
+    Field("koala_ip", max_length=255, pattern=KOALA_ADDRESS_PATTERN, pattern_message="应为主机名、IP、主机:端口 或完整网址",
+          check=_without_trailing_slash, description="考拉主机地址：IP、主机:端口或完整网址", example="192.168.18.53"),
     Field("koala_username", max_length=128, description="考拉主机的登录用户名", example="test@megvii.com"),
     Field("koala_password", max_length=128, description=f"考拉主机的登录密码；传 {PASSWORD_MASK} 表示保留原密码"),
-    Field("cloud_url", max_length=255, check=_check_http_url, description="本系统对外的网址，所有对外链接以它开头",
+    Field("cloud_url", max_length=255, pattern=HTTP_URL_PATTERN, pattern_message="应为 http:// 或 https:// 开头的网址",
+          check=_without_trailing_slash, description="本系统对外的网址，所有对外链接以它开头",
           example="https://visit.example.com"),
 )
 
@@ -70,8 +64,9 @@ TEMPLATES_SCHEMA = Schema(
     Field("verify_code_sms_id", required=False, max_length=64, allow_empty=True, description="绑定验证码短信模板 ID"),
     Field("wechat_fields", "object", required=False, check=_check_wechat_fields,
           description="每个事件的微信模板字段映射，如 {\"approval_pass_to_visitor\": {\"thing1\": \"visitor_name\"}}",
-          json_schema={"additionalProperties": {"type": "object", "additionalProperties": {
-              "type": "string", "enum": list(TEMPLATE_VALUES)}}}),
+          json_schema={"propertyNames": {"enum": list(EVENTS)}, "additionalProperties": {
+              "type": "object", "propertyNames": {"pattern": _TEMPLATE_KEY_PATTERN},
+              "additionalProperties": {"type": "string", "enum": list(TEMPLATE_VALUES)}}}),
 )
 
 DEFAULT_RETENTION_DAYS = 180

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 from wxapp.errors import ApiError
+from wxapp.validation import is_name
 
 from ..base import ADMIN_COOKIE
 from .base import AdminPageHandler
@@ -38,6 +39,8 @@ class KeysHandler(KeysPage):
             errors["name"] = "请填写名称，如“一号门闸机”"
         elif len(form["name"]) > KEY_NAME_MAX:
             errors["name"] = f"名称不能超过 {KEY_NAME_MAX} 个字符"
+        elif not is_name(form["name"]):
+            errors["name"] = "名称不能含控制字符或文字方向控制字符"
         if form["role"] not in ROLE_LABELS:
             errors["role"] = "请选择用途"
         if errors:

@@ -10,6 +10,7 @@ from wxapp.gate import MESSAGES
 from wxapp.events import EVENT_LABELS
 from wxapp.outbox import STATUS_LABELS as OUTBOX_STATUS_LABELS
 from wxapp.outbox import STATUSES
+from wxapp.validation import PAGE, RECORD_ID, Field
 
 from .base import CHANNEL_LABELS, AdminPageHandler, mask_phone
 
@@ -23,11 +24,12 @@ RETRYABLE = ("failed", "skipped")
 RESULTS = {"": None, "allowed": True, "refused": False}
 
 
-def positive_int(text: str, message: str) -> int:
-    """A whole number from 1 to 10 digits from a query argument; 400 with `message` otherwise."""
-    if not re.fullmatch(r"[1-9][0-9]{0,9}", text):
-        raise ApiError(400, message)
-    return int(text)
+def checked(field: Field, text: str, message: str) -> int:
+    """A query argument checked by the field /v1 uses for it; 400 with the page's own `message` otherwise."""
+    try:
+        return field.parse(text, textual=True)
+    except ApiError:
+        raise ApiError(400, message) from None
 
 
 def recipient(entry: dict) -> str:
@@ -65,7 +67,7 @@ class NotificationsPage(AdminPageHandler):
         if status and status not in STATUSES:
             raise ApiError(400, "未知的发送状态")
         self.current = status
-        page = positive_int(page_text or "1", "页码应为正整数")
+        page = checked(PAGE, page_text, "页码应为正整数") if page_text else 1
         entries, paging = await self.ctx.outbox.list(status or None, page, NOTIFICATIONS_PER_PAGE)
         self.render_admin(
             "admin/notifications.html", status=code, entries=entries, page=paging, current=status, error=error,
@@ -124,7 +126,7 @@ class PassesHandler(AdminPageHandler):
         start, end = self.day_bounds(form["date"], "通行日期")
         if form["result"] not in RESULTS:
             raise ApiError(400, "通行结果应为 全部、放行 或 拒绝")
-        record = positive_int(form["record"], "访客记录编号应为正整数") if form["record"] else None
+        record = checked(RECORD_ID.fields[0], form["record"], "访客记录编号应为正整数") if form["record"] else None
         search = {"start": start, "end": end, "gate": form["gate"] or None,
                   "allowed": RESULTS[form["result"]], "record_id": record}
         if form["before"]:

@@ -69,10 +69,7 @@ class RecordListHandler(RecordsPage):
 
     async def get(self):
         form, args, errors = self.read_filters()
-        try:
-            page_number = max(1, int(self.get_query_argument("page", "1")))
-        except ValueError:
-            page_number = 1
+        page_number = self.page_number()
         records, page = [], None
         if not errors:
             query = self.ctx.visits.filters(args)

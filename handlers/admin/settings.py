@@ -32,7 +32,7 @@ def check_fields(schema: Schema, values: dict, names: tuple[str, ...]) -> tuple[
     for field in schema.fields:
         if field.name in names:
             try:
-                parsed[field.name] = field.parse(values[field.name])
+                parsed[field.name] = field.parse(values[field.name], textual=True)  # form values are text
             except ApiError as exc:
                 rest = exc.message.removeprefix(f"参数 {field.name}").lstrip()
                 errors[field.name] = LABELS.get(field.name, "模板 ID") + rest

@@ -153,7 +153,8 @@
     button.addEventListener("click", function () {
       var next = Number(button.dataset.next);
       button.disabled = true;
-      fetch("/h5/records?more=1&page=" + next, { credentials: "same-origin" }).then(function (resp) {
+      var status = button.dataset.status ? "&status=" + encodeURIComponent(button.dataset.status) : "";
+      fetch("/h5/records?more=1&page=" + next + status, { credentials: "same-origin" }).then(function (resp) {
         return resp.ok ? resp.text() : Promise.reject(resp.status);
       }).then(function (html) {
         list.insertAdjacentHTML("beforeend", html);

@@ -94,6 +94,15 @@ class ApplyHandler(H5Handler):
         self.render_h5("apply.html", kind=kind, purposes=PURPOSES, today=today.isoformat())
 
 
+# The status tabs of "my records": the `status` value in the address, its title, the statuses shown.
+RECORD_TABS = {
+    "": ("全部", ()),
+    "open": ("进行中", (lifecycle.PENDING, lifecycle.APPROVED, lifecycle.SIGNED_IN)),
+    "ended": ("已结束", (lifecycle.CHECKED_OUT, lifecycle.NO_SHOW, lifecycle.EXPIRED)),
+    "closed": ("已拒绝/取消", (lifecycle.DECLINED, lifecycle.CANCELLED)),
+}
+
+
 class RecordsHandler(H5Handler):
     """/h5/records: my records, newest first; `?page=N&more=1` returns the next items only."""
 
@@ -101,9 +110,13 @@ class RecordsHandler(H5Handler):
         if not self.require(None):
             return
         page = self.page_number()
-        query = self.ctx.visits.filters({}, party=self.binding["phone"])
+        tab = self.get_query_argument("status", "")
+        if tab not in RECORD_TABS:
+            tab = ""
+        statuses = RECORD_TABS[tab][1]
+        query = self.ctx.visits.filters({"status": statuses}, party=self.binding["phone"])
         records, paging = await self.ctx.visits.find(query, page, PAGE_SIZE)
-        values = dict(items=[self.item(r) for r in records], page=paging)
+        values = dict(items=[self.item(r) for r in records], page=paging, tabs=RECORD_TABS, tab=tab)
         self.render_h5("records_more.html" if self.get_query_argument("more", "") else "records.html", **values)
 
 

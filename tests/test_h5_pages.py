@@ -154,3 +154,26 @@ async def test_qr_codes_show_only_while_the_visit_is_signed_in(journey, session_
     page = (await visitor.fetch(f"/h5/records/{rid}")).text
     assert 'class="pass"' not in page and "/qrcode/" not in page
     assert "status-已签退" in page and "通行二维码已失效" in page
+
+
+@pytest.mark.gen_test
+async def test_my_records_filter_by_status_tab_and_load_more_keeps_the_tab(bind_visitor, bind_employee, clock):
+    employee = await bind_employee("o-e1", "李经理", "13800000002", "市场部")
+    visitor = await bind_visitor("o-v1", "13900000001")
+    now = int(clock())
+    ids = []
+    for name in ("甲一", "乙二", "丙三"):
+        resp = await visitor.fetch("/v1/subject", "POST", json=application(
+            "13900000001", now + 3600, now + 7200, name=name))
+        ids.append(resp.json()["data"]["id"])
+    await employee.fetch(f"/v1/auth/{ids[0]}/decline", "POST", json={"reason": "出差"})
+    everything = (await visitor.fetch("/h5/records")).text
+    assert all(name in everything for name in ("甲一", "乙二", "丙三")) and "进行中" in everything
+    closed = (await visitor.fetch("/h5/records?status=closed")).text
+    assert "甲一" in closed and "乙二" not in closed and "丙三" not in closed
+    open_ = (await visitor.fetch("/h5/records?status=open")).text
+    assert "甲一" not in open_ and "乙二" in open_ and "丙三" in open_
+    ended = (await visitor.fetch("/h5/records?status=ended")).text
+    assert "没有已结束的记录" in ended
+    unknown = await visitor.fetch("/h5/records?status=nonsense")
+    assert unknown.status == 200 and "丙三" in unknown.text

@@ -99,7 +99,7 @@ RECORD_TABS = {
     "": ("全部", ()),
     "open": ("进行中", (lifecycle.PENDING, lifecycle.APPROVED, lifecycle.SIGNED_IN)),
     "ended": ("已结束", (lifecycle.CHECKED_OUT, lifecycle.NO_SHOW, lifecycle.EXPIRED)),
-    "closed": ("已拒绝/取消", (lifecycle.DECLINED, lifecycle.CANCELLED)),
+    "closed": ("拒绝/取消", (lifecycle.DECLINED, lifecycle.CANCELLED)),
 }
 
 

@@ -8,6 +8,8 @@ import secrets
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .security import read_or_create_secret
+
 ROLES = ("admin", "kiosk", "gate")
 SMS_BACKENDS = ("aliyun", "log", "off")
 LOOPBACK = ("127.0.0.0/8", "::1/128")
@@ -161,15 +163,7 @@ class Config:
             # DATA_DIR holds secrets and the embedded databases: only this user may enter it.
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.data_dir, 0o700)
-            # O_EXCL: two processes starting at once must not write two different keys.
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(secrets.token_urlsafe(48))
-        key = path.read_text().strip()
+        key = read_or_create_secret(path, lambda: secrets.token_urlsafe(48))
         if not key:
             raise ConfigError(f"{path} is empty: delete it to generate a new SECRET_KEY")
         return dataclasses.replace(self, secret_key=key)

@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from . import security
+from .storage import ensure_root_user
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -58,16 +61,8 @@ def make_private(root: Path) -> None:
 
 
 def read_or_create_secret(path: Path, make) -> str:
-    """The secret stored in `path` (mode 0600), written with `make()` the first time.
-    O_EXCL: two processes starting at once never write two different secrets."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(make())
-    value = path.read_text().strip()
+    """The secret stored in `path`, written with `make()` the first time; EmbeddedError when empty."""
+    value = security.read_or_create_secret(path, make)
     if not value:
         raise EmbeddedError(f"{path} is empty: delete it to generate a new one")
     return value
@@ -248,14 +243,10 @@ class MongoProcess(ChildProcess):
         # A new, empty storage folder (the old one removed) has no user yet, whatever the file says.
         if stored.get("created") and (Path(self.storage_arg) / "WiredTiger").exists():
             return
-        import pymongo  # only needed once per data folder
-
         log.info("Creating the SecantusDB user %r (first start of %s)", self.user, self.storage_arg)
         self._spawn(self.argv(auth=False), 60.0)
         try:
-            with pymongo.MongoClient(f"mongodb://127.0.0.1:{self.port}/", serverSelectionTimeoutMS=10000) as client:
-                command = "updateUser" if client.admin.command("usersInfo", self.user)["users"] else "createUser"
-                client.admin.command(command, self.user, pwd=stored["password"], roles=["root"])
+            ensure_root_user(f"mongodb://127.0.0.1:{self.port}/", self.user, stored["password"])
         finally:
             self.stop()
         tmp = self.credentials_path.with_suffix(".tmp")

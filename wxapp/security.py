@@ -4,7 +4,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import secrets
+from pathlib import Path
+from typing import Callable
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -67,3 +70,16 @@ class SecretBox:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken as exc:
             raise ValueError("stored secret cannot be decrypted with this SECRET_KEY") from exc
+
+
+def read_or_create_secret(path: Path, make: Callable[[], str]) -> str:
+    """The secret stored in `path` (mode 0600), written with `make()` the first time ("" when the
+    file is empty). O_EXCL: two processes starting at once never write two different secrets."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(make())
+    return path.read_text().strip()

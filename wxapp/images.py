@@ -5,7 +5,6 @@ import base64
 import binascii
 from typing import Awaitable, Callable
 
-from bson import Binary
 
 from .security import new_token
 from .storage import Storage
@@ -53,7 +52,7 @@ class Images:
         content_type = content_type or (kind[0] if kind else "application/octet-stream")
         name = new_token(16) + (kind[1] if kind else "")
         await self.storage.images.insert_one(
-            {"_id": name, "data": Binary(data), "content_type": content_type, "created_at": self.clock()}
+            {"_id": name, "data": data, "content_type": content_type, "created_at": self.clock()}
         )
         return name
 

@@ -155,6 +155,14 @@ class _Collection:
         return self._collection.count_documents(query, *args, **_by_id(query, kwargs))
 
 
+def ensure_root_user(uri: str, user: str, password: str) -> None:
+    """Create (or reset) a root SCRAM user on a server that runs without auth (blocking; once per
+    embedded data folder, before its first start with auth)."""
+    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=10000) as client:
+        command = "updateUser" if client.admin.command("usersInfo", user)["users"] else "createUser"
+        client.admin.command(command, user, pwd=password, roles=["root"])
+
+
 class Storage:
     """One MongoDB client for the whole process and the application's collections.
 

@@ -235,6 +235,16 @@ def bind_employee(wechat_login, fakes, configured):
 
 
 @pytest.fixture
+def people(bind_visitor, bind_employee):
+    """A bound employee (李经理, 13800000002) and a bound visitor (13900000001)."""
+    async def make():
+        employee = await bind_employee("o-e1", "李经理", "13800000002", "市场部")
+        visitor = await bind_visitor("o-v1", "13900000001")
+        return visitor, employee
+    return make
+
+
+@pytest.fixture
 def journey(bind_visitor, bind_employee, clock, anonymous):
     """Apply, authorize and sign in; each step's notifications wait in the outbox."""
     async def run(sign_in=True):

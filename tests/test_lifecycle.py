@@ -14,16 +14,6 @@ HOUR = 3600
 
 
 @pytest.fixture
-def people(bind_visitor, bind_employee):
-    """A bound employee (李经理, 13800000002) and a bound visitor (13900000001)."""
-    async def make():
-        employee = await bind_employee("o-e1", "李经理", "13800000002", "市场部")
-        visitor = await bind_visitor("o-v1", "13900000001")
-        return visitor, employee
-    return make
-
-
-@pytest.fixture
 def visit(people, clock):
     """A visitor's application (two retinues) to the employee, in a window around now; returns
     (visitor, employee, record id)."""

@@ -19,16 +19,6 @@ def application(visitor_phone, start, end, *, interviewee="李经理", interview
             "end_time": end, "purpose": 2, "come_from": "星辰科技", "retinues": list(retinues), **extra}
 
 
-@pytest.fixture
-def people(bind_visitor, bind_employee):
-    """A bound employee (李经理, 13800000002) and a bound visitor (13900000001)."""
-    async def make():
-        employee = await bind_employee("o-e1", "李经理", "13800000002", "市场部")
-        visitor = await bind_visitor("o-v1", "13900000001")
-        return visitor, employee
-    return make
-
-
 async def outbox(ctx):
     return sorted(doc["_id"] for doc in await ctx.storage.outbox.find({}).to_list(None))
 

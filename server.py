@@ -21,12 +21,12 @@ log = logging.getLogger("visitor")
 
 async def serve(config: Config, embedded: EmbeddedServices | None = None) -> None:
     """Build the context and the app, listen, and return after SIGTERM or SIGINT."""
-    ctx = await build_context(config)
-    ctx.start_background()
+    context = await build_context(config)
+    context.background.start()
     # Everything built so far lives as long as the process: keep it out of the garbage collector's
     # scans, which otherwise pause the gate's hot path now and then.
     gc.freeze()
-    server = ProxiedHTTPServer(make_app(ctx, embedded=embedded), trusted_proxies=config.trusted_proxies,
+    server = ProxiedHTTPServer(make_app(context.services, embedded=embedded), trusted_proxies=config.trusted_proxies,
                                **http_server_options(config))
     server.listen(config.port, config.host)
     log.info("Serving on http://%s:%d/", config.host, config.port)
@@ -38,7 +38,7 @@ async def serve(config: Config, embedded: EmbeddedServices | None = None) -> Non
     log.info("Shutting down")
     server.stop()
     await server.close_all_connections()
-    await ctx.close()
+    await context.close()
 
 
 def http_server_options(config: Config) -> dict:

@@ -80,12 +80,13 @@ class Side:
 
     async def _seed(self) -> None:
         """A bound employee with a WeChat session (as the binding flow leaves them)."""
-        ctx = await build_context(self.config())
+        context = await build_context(self.config())
+        ctx = context.services
         try:
             await ctx.storage.bindings.insert_one(dict(EMPLOYEE))
             sid = await ctx.wechat_sessions.create({"openid": EMPLOYEE["_id"]})
         finally:
-            await ctx.close()
+            await context.close()
         secret = derive_key(SECRET_KEY, "cookie-signing").hex()
         self.cookie = create_signed_value(secret, "wx_session", sid).decode()
 

@@ -55,7 +55,8 @@ end
 async def seed_visit(stack: Stack) -> tuple[int, str]:
     """A visit shaped as Visits.apply + _sign_in_locked leave it: authorized, signed in, valid for
     the next hours; its tokens published to Redis as sign-in does. Returns (id, QR content)."""
-    ctx = await build_context(stack.config())
+    context = await build_context(stack.config())
+    ctx = context.services
     try:
         now = int(time.time())
         token = new_token(24)
@@ -74,13 +75,14 @@ async def seed_visit(stack: Stack) -> tuple[int, str]:
         # The same QR content the records API hands out (Visits.present).
         return record["_id"], json.dumps({"id": record["_id"], "qrcode": token})
     finally:
-        await ctx.close()
+        await context.close()
 
 
 async def count_passes(stack: Stack) -> dict:
     """Gate decisions logged by the server in the passes collection, by code (the pass log flushes
     within a second). Reads one document per decision, or buckets of decisions under `entries`."""
-    ctx = await build_context(stack.config())
+    context = await build_context(stack.config())
+    ctx = context.services
     try:
         counts: dict = {}
         async for doc in ctx.storage.passes.find({}, {"code": 1, "entries.code": 1}):
@@ -88,7 +90,7 @@ async def count_passes(stack: Stack) -> dict:
                 counts[entry.get("code")] = counts.get(entry.get("code"), 0) + 1
         return counts
     finally:
-        await ctx.close()
+        await context.close()
 
 
 def post(url: str, body: bytes, key: str) -> dict:

@@ -104,7 +104,8 @@ class Population:
 
 async def seed(stack: Stack, population: Population, first_id: int, count: int, batch: int = 2000) -> float:
     """Insert `count` records with ids from `first_id`; returns the seconds it took."""
-    ctx = await build_context(stack.config())  # creates the indexes first (a no-op when they exist)
+    context = await build_context(stack.config())  # creates the indexes first (a no-op when they exist)
+    ctx = context.services
     try:
         started = time.perf_counter()
         for offset in range(0, count, batch):
@@ -117,12 +118,13 @@ async def seed(stack: Stack, population: Population, first_id: int, count: int, 
                                               upsert=True)
         return time.perf_counter() - started
     finally:
-        await ctx.close()
+        await context.close()
 
 
 async def explain(stack: Stack, params: dict) -> dict:
     """What the server's query for these filters asks MongoDB, and how the planner answers it."""
-    ctx = await build_context(stack.config())
+    context = await build_context(stack.config())
+    ctx = context.services
     try:
         args = {k: (int(v) if k in ("start_time", "end_time") else v) for k, v in params.items()}
         query = ctx.visits.filters(args)
@@ -134,7 +136,7 @@ async def explain(stack: Stack, params: dict) -> dict:
         return {"filter": sent, "checks_in_python": len(query.checks),
                 "records_the_index_yields": yielded, "winning_plan": plan.get("queryPlanner", {}).get("winningPlan", plan)}
     finally:
-        await ctx.close()
+        await context.close()
 
 
 # --- timing ------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 import jinja2
 import tornado.web
 
-from wxapp.context import AppContext
+from wxapp.context import Services
 from wxapp.privacy import mask_phone
 from wxapp.security import derive_key
 
@@ -42,8 +42,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
                quiet=getattr(handler, "quiet_access_log", False))
 
 
-def make_app(ctx: AppContext, **overrides) -> tornado.web.Application:
-    """The Tornado application over a built context; shared by server.py and the tests."""
+def make_app(ctx: Services, **overrides) -> tornado.web.Application:
+    """The Tornado application over the built services; shared by server.py and the tests."""
     table = routes()
     jinja_env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(ROOT / "templates"), autoescape=jinja2.select_autoescape(["html"]))

@@ -24,7 +24,7 @@ from tornado import httputil, iostream
 from tornado.log import access_log
 
 from wxapp.auth import WECHAT_ROLES, Principal, Role
-from wxapp.context import AppContext
+from wxapp.context import Services
 from wxapp.errors import DEFAULT_MESSAGES, ApiError
 from wxapp.privacy import loggable_uri, mask_mobiles
 from wxapp.storage import UNAVAILABLE_ERRORS
@@ -276,8 +276,8 @@ class BaseHandler(tornado.web.RequestHandler):
     _body_started = False  # some of the body has been received
 
     @property
-    def ctx(self) -> AppContext:
-        """The application context (clients and services)."""
+    def ctx(self) -> Services:
+        """The services (and through them the configuration, clock and clients)."""
         return self.settings["context"]
 
     def __init_subclass__(cls, **kwargs):

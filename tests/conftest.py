@@ -108,13 +108,25 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def ctx(io_loop, config, clock):
-    """The application context, built as server.py builds it; its database is dropped afterwards."""
+def app_context(io_loop, config, clock):
+    """The application built as server.py builds it; its database is dropped afterwards."""
     context = io_loop.run_sync(lambda: build_context(config, clock=clock))
-    io_loop.run_sync(context.redis.flushdb)
+    io_loop.run_sync(context.clients.redis.flushdb)
     yield context
-    io_loop.run_sync(context.storage.drop)
+    io_loop.run_sync(context.clients.storage.drop)
     io_loop.run_sync(context.close)
+
+
+@pytest.fixture
+def ctx(app_context):
+    """The services, as handlers see them (`self.ctx`)."""
+    return app_context.services
+
+
+@pytest.fixture
+def background(app_context):
+    """The app's background runner (delivery, near cache, revocation feed, periodic jobs); tests start it."""
+    return app_context.background
 
 
 @pytest.fixture

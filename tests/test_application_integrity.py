@@ -1,6 +1,5 @@
 """An application stores the truth or nothing: a refused one leaves no image behind, images nobody
 names are swept, and the interviewee is the employee found by phone, not the name that was typed."""
-import asyncio
 import base64
 
 import pytest
@@ -53,7 +52,8 @@ async def test_an_application_refused_for_its_interviewee_stores_no_photo(bind_v
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_images_that_nothing_names_are_swept_after_a_grace_period(bind_visitor, bind_employee, clock, ctx):
+async def test_images_that_nothing_names_are_swept_after_a_grace_period(bind_visitor, bind_employee, clock, ctx,
+                                                                       background):
     await bind_employee()  # its avatar is an image a binding names
     visitor = await bind_visitor()
     resp = await visitor.fetch("/v1/subject", "POST", json=body(
@@ -65,12 +65,8 @@ async def test_images_that_nothing_names_are_swept_after_a_grace_period(bind_vis
     assert await ctx.visits.sweep_images() == 0  # too young: its record may be on its way
     clock.advance(SWEEP_GRACE + 1)
     later = await ctx.images.save(make_jpeg("later"))
-    # The periodic jobs sweep: the old orphan goes, what is named stays, the young one waits.
-    ctx.start_background(interval=0.05)
-    for _ in range(100):
-        if await ctx.images.get(orphan) is None:
-            break
-        await asyncio.sleep(0.05)
+    # A round of the periodic jobs sweeps: the old orphan goes, what is named stays, the young one waits.
+    await background.run_jobs()
     left = {doc["_id"] for doc in await ctx.storage.images.find({}, {"_id": 1}).to_list(None)}
     assert left == named | {later}
     clock.advance(SWEEP_GRACE + 1)

@@ -177,7 +177,7 @@ async def test_notifications_of_a_deleted_record_are_cancelled(journey, ctx, fak
 async def test_a_restarted_server_delivers_what_was_pending(journey, ctx, config, fakes, clock):
     await journey()  # the server stops before its worker ran
     restarted = await build_context(config, clock=clock)
-    restarted.start_background()
+    restarted.background.start()
     try:
         for _ in range(100):
             if len(messages(fakes)) == 8:

@@ -86,9 +86,9 @@ def redis_that_stops(tmp_path):
 
 @pytest.mark.gen_test
 async def test_redis_down_is_503_not_500(config, client, redis_that_stops):
-    ctx = await build_context(dataclasses.replace(config, redis_url=redis_that_stops.url))
+    context = await build_context(dataclasses.replace(config, redis_url=redis_that_stops.url))
     sock, port = tornado.testing.bind_unused_port()
-    server = tornado.httpserver.HTTPServer(make_app(ctx))
+    server = tornado.httpserver.HTTPServer(make_app(context.services))
     server.add_socket(sock)
     try:
         browser = client()
@@ -108,4 +108,4 @@ async def test_redis_down_is_503_not_500(config, client, redis_that_stops):
         assert scan.json() == {"code": 503, "err_msg": "数据服务暂时不可用，请稍后再试"}
     finally:
         server.stop()
-        await ctx.close()
+        await context.close()

@@ -28,12 +28,12 @@ def gate_handler_calls(monkeypatch):
 
 
 @pytest.fixture
-def passes(approved_visit, anonymous, ctx):  # noqa: F811
+def passes(approved_visit, anonymous, ctx, background):  # noqa: F811
     """A signed-in visit's QR content, with this process's near cache live."""
     async def make() -> str:
         await approved_visit()
         data = (await signin(anonymous, "13900000001")).json()["data"]
-        ctx.start_background()
+        background.start()
         assert await until(lambda: ctx.near.live)
         return data["qrcode"]
     return make

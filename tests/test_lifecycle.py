@@ -196,11 +196,11 @@ async def test_the_end_of_the_window_ends_every_open_visit_once_with_two_process
     clock.advance(2 * HOUR)
     # The status reads as ended at once, before the job has written it.
     assert (await record(anonymous, pending))["status"] == "expired"
-    other = await build_context(config, clock=clock)
+    process = await build_context(config, clock=clock)
     try:
-        moved = await asyncio.gather(ctx.visits.end_visits(), other.visits.end_visits())
+        moved = await asyncio.gather(ctx.visits.end_visits(), process.services.visits.end_visits())
     finally:
-        await other.close()
+        await process.close()
     assert sum(moved) == 3
     stored = {r["_id"]: r["status"] for r in await ctx.storage.records.find({}).to_list(None)}
     assert stored == {pending: "expired", approved: "checked_out", signed: "no_show"}

@@ -111,11 +111,11 @@ async def test_two_processes_send_each_reminder_once(morning, ctx, clock, config
     for rid in ids:
         await employee.fetch(f"/v1/auth/{rid}", "PUT")
     clock.advance(at(ctx, day, 8, 5) - clock())
-    other = await build_context(config, clock=clock)
+    process = await build_context(config, clock=clock)
     try:
-        done = await asyncio.gather(ctx.reminders.run(), other.reminders.run(), ctx.reminders.run())
+        done = await asyncio.gather(ctx.reminders.run(), process.services.reminders.run(), ctx.reminders.run())
     finally:
-        await other.close()
+        await process.close()
     assert sum(done) == 5
     assert len(await reminders(ctx)) == 10  # WeChat and SMS for each visit
     stored = await ctx.storage.records.find({"reminded_at": {"$exists": True}}).to_list(None)

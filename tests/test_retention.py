@@ -185,13 +185,13 @@ async def test_two_processes_anonymise_thousands_of_records_each_once_in_bounded
     docs += [stored_record(old + i, now - 10 * DAY + i, tokens=False) for i in range(1, recent + 1)]
     await ctx.storage.records.insert_many(docs)
     await ctx.storage.counters.update_one({"_id": "records"}, {"$set": {"seq": old + recent}}, upsert=True)
-    other = await build_context(config, clock=clock)
+    process = await build_context(config, clock=clock)
     try:
         started = time.monotonic()
-        done = await run_until_done(ctx, other)
+        done = await run_until_done(ctx, process.services)
         seconds = time.monotonic() - started
     finally:
-        await other.close()
+        await process.close()
     print(f"retention: {old} records anonymised in {seconds:.1f} s")
     assert sum(done) == old  # each record by one process only
     assert await ctx.storage.records.count_documents({"anonymized": True}) == old
@@ -275,14 +275,15 @@ async def test_processes_whose_leases_run_out_still_anonymise_each_record_once(c
     await ctx.storage.records.insert_many(
         [stored_record(i, now - 400 * DAY + i * 60, tokens=i % 20 == 0) for i in range(1, count + 1)])
     await ctx.storage.counters.update_one({"_id": "records"}, {"$set": {"seq": count}}, upsert=True)
-    others = [await build_context(config, clock=clock) for _ in range(2)]
+    processes = [await build_context(config, clock=clock) for _ in range(2)]
+    others = [process.services for process in processes]
     try:
         for c in (ctx, *others):  # every lease has run out by the time another process looks
             c.retention.lease, c.retention.batch = 0.0, 50
         done = await run_until_done(ctx, *others, stagger=0.05)
     finally:
-        for other in others:
-            await other.close()
+        for process in processes:
+            await process.close()
     assert sum(done) == count
     assert len([d for d in done if d]) > 1, done  # they did work side by side
     assert await ctx.storage.records.count_documents({"anonymized": True}) == count

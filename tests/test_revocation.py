@@ -40,12 +40,12 @@ def second_process(io_loop, config, clock, http_client):
 
     async def start():
         other = await build_context(config, clock=clock)
-        other.start_background()
-        server = tornado.httpserver.HTTPServer(make_app(other))
+        other.background.start()
+        server = tornado.httpserver.HTTPServer(make_app(other.services))
         port = free_port()
         server.listen(port, "127.0.0.1")
         started.append((other, server))
-        return Browser(http_client, f"http://127.0.0.1:{port}"), other
+        return Browser(http_client, f"http://127.0.0.1:{port}"), other.services
     yield start
     for other, server in started:
         server.stop()
@@ -73,8 +73,8 @@ async def scan(browser: Browser, qrcode: str) -> dict:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_deletion_while_redis_takes_no_writes_closes_every_process_gate(
-        journey, anonymous, ctx, second_process, raw_redis, fakes):
-    ctx.start_background()
+        journey, anonymous, ctx, background, second_process, raw_redis, fakes):
+    background.start()
     rid = await journey()
     other, other_ctx = await second_process()
     codes = await passes(anonymous)
@@ -118,8 +118,8 @@ async def _refused_in_redis(ctx, token: str) -> bool:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_gate_that_hears_neither_mongodb_nor_redis_refuses_instead_of_opening(
-        journey, anonymous, ctx, raw_redis, databases):
-    ctx.start_background()
+        journey, anonymous, ctx, background, raw_redis, databases):
+    background.start()
     await journey()
     codes = await passes(anonymous)
     assert await until(lambda: ctx.near.live)
@@ -178,7 +178,7 @@ async def test_tokens_revoked_before_the_revocations_collection_still_answer_no_
     await ctx.storage.db["revoked_tokens"].insert_one({"_id": token, "record_id": 7, "revoked_at": clock()})
     restarted = await build_context(config, clock=clock)
     try:
-        assert "revoked_tokens" not in await restarted.storage.db.list_collection_names()
+        assert "revoked_tokens" not in await restarted.clients.storage.db.list_collection_names()
         await ctx.redis.flushdb()
         assert (await scan(anonymous, json.dumps({"id": 7, "qrcode": token})))["code"] == -204
     finally:

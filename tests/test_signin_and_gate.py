@@ -406,10 +406,11 @@ async def mget_calls(ctx) -> int:
 
 
 @pytest.mark.gen_test
-async def test_with_the_near_cache_a_repeated_scan_costs_no_redis_round_trip(approved_visit, anonymous, ctx):
+async def test_with_the_near_cache_a_repeated_scan_costs_no_redis_round_trip(approved_visit, anonymous, ctx,
+                                                                               background):
     await approved_visit()
     data = (await signin(anonymous, "13900000001")).json()["data"]
-    ctx.start_background()
+    background.start()
     assert await until(lambda: ctx.near.live)
     assert (await check(anonymous, data["qrcode"]))["code"] == 0  # fills this process's cache
     before = await mget_calls(ctx)
@@ -422,8 +423,9 @@ async def test_with_the_near_cache_a_repeated_scan_costs_no_redis_round_trip(app
 async def test_a_deletion_reaches_the_near_cache_of_every_process(approved_visit, anonymous, ctx, config, clock):
     rid = await approved_visit()
     data = (await signin(anonymous, "13900000001")).json()["data"]
-    other = await build_context(config, clock=clock)  # a second server process on the same databases
-    other.start_background()
+    process = await build_context(config, clock=clock)  # a second server process on the same databases
+    process.background.start()
+    other = process.services
     try:
         assert await until(lambda: other.near.live)
         key = gate.cache_key(json.loads(data["qrcode"])["qrcode"])
@@ -435,7 +437,7 @@ async def test_a_deletion_reaches_the_near_cache_of_every_process(approved_visit
         _, values = await other.api_keys.authenticate(GATE_KEY, [key])
         assert gate.decide(json.loads(values[key]), rid, clock()) == -204
     finally:
-        await other.close()
+        await process.close()
 
 
 @pytest.mark.gen_test
@@ -466,8 +468,9 @@ async def test_without_its_change_channel_a_process_holds_nothing(ctx):
 
 @pytest.mark.gen_test
 async def test_a_revoked_key_stops_at_once_in_another_process(ctx, config, clock):
-    other = await build_context(config, clock=clock)
-    other.start_background()
+    process = await build_context(config, clock=clock)
+    process.background.start()
+    other = process.services
     try:
         assert await until(lambda: other.near.live)
         doc, key = await ctx.api_keys.create("gate", "东门")
@@ -477,7 +480,7 @@ async def test_a_revoked_key_stops_at_once_in_another_process(ctx, config, clock
         assert await until(lambda: other.near.get(f"apikey:{security.hash_api_key(key)}") is None)
         assert (await other.api_keys.authenticate(key))[0] is None
     finally:
-        await other.close()
+        await process.close()
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -1,9 +1,8 @@
-"""The application context: every client and service, built once at start-up and shared."""
+"""The application as built once at start-up: the clients, the services over them, the background runner."""
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -12,6 +11,7 @@ from redis import Redis as SyncRedis
 import redis.asyncio as aioredis
 
 from .auth import Admins, ApiKeys, LoginThrottle, OAuthStates, Sessions, WeChatUsers
+from .background import Background
 from .bindings import Bindings
 from .codes import VerificationCodes
 from .config import Config
@@ -33,18 +33,39 @@ from .system_settings import SystemSettings
 from .visits import Visits
 from .wechat import MessageSignatures, WeChatApi, WeChatOAuthService
 
-log = logging.getLogger(__name__)
 
-
-@dataclasses.dataclass
-class AppContext:
-    """What handlers use; nothing in it holds state another server process would need."""
+@dataclasses.dataclass(frozen=True)
+class Clients:
+    """The configuration, the clock, and the connections and threads every service is built on."""
 
     config: Config
+    clock: Callable[[], float]
     storage: Storage
     redis: aioredis.Redis
+    sync_redis: SyncRedis
     executor: ThreadPoolExecutor
-    clock: Callable[[], float]
+
+    @classmethod
+    def open(cls, config: Config, clock: Callable[[], float]) -> Clients:
+        """The clients of `config`'s databases; nothing is connected before the first command."""
+        return cls(config=config, clock=clock, storage=Storage(config.mongo_uri, config.mongo_db),
+                   redis=redis_client(config.redis_url),
+                   sync_redis=SyncRedis.from_url(config.redis_url, socket_connect_timeout=3, socket_timeout=5),
+                   executor=ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocking"))
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+        await self.redis.aclose()
+        self.sync_redis.close()
+        self.storage.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Services:
+    """What handlers use (`self.ctx`): every service, built once over the clients."""
+
+    clients: Clients
     api_keys: ApiKeys
     admins: Admins
     login_throttle: LoginThrottle
@@ -68,43 +89,45 @@ class AppContext:
     visit_limits: VisitLimits
     wechat: WeChatApi
     delivery: DeliveryWorker
-    sync_redis: SyncRedis
     near: NearCache
     stats: Stats
     reminders: Reminders
     retention: Retention
-    background: list = dataclasses.field(default_factory=list)
 
-    def start_background(self, interval: float = 60.0) -> None:
-        """Start the delivery worker and the periodic jobs that finish what failures left behind."""
-        loop = asyncio.get_running_loop()
-        self.background.append(loop.create_task(self._periodic(interval)))
-        self.background.append(loop.create_task(self.delivery.run()))
-        self.background.append(loop.create_task(self.near.listen()))
-        self.background.append(loop.create_task(self.near.beat()))
-        self.background.append(loop.create_task(self.revocations.follow()))
+    @property
+    def config(self) -> Config:
+        return self.clients.config
 
-    async def _periodic(self, interval: float) -> None:
-        while True:
-            for job in (self.revocations.sweep, self.visits.finish_deletions, self.visits.end_visits,
-                        self.outbox.sweep, self.visits.remove_koala_subjects, self.visits.reconcile_koala_subjects,
-                        self.visits.sweep_images, self.reminders.run, self.retention.run):
-                try:
-                    await job()
-                except Exception:  # one failed round must not end the loop
-                    log.exception("background job %s failed", job.__qualname__)
-            await asyncio.sleep(interval)
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.clients.clock
+
+    @property
+    def storage(self) -> Storage:
+        return self.clients.storage
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self.clients.redis
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        return self.clients.executor
+
+
+@dataclasses.dataclass(frozen=True)
+class AppContext:
+    """The application as built: its clients, the services handlers use, and the background runner."""
+
+    clients: Clients
+    services: Services
+    background: Background
 
     async def close(self) -> None:
-        """Stop background work, then release connections and threads."""
-        for task in self.background:
-            task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
-        await self.pass_log.close()
-        await self.redis.aclose()
-        self.sync_redis.close()
-        self.storage.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        """Stop background work, write the gate's last passes, then release connections and threads."""
+        await self.background.stop()
+        await self.services.pass_log.close()
+        await self.clients.close()
 
 
 def redis_client(url: str) -> aioredis.Redis:
@@ -117,88 +140,92 @@ def redis_client(url: str) -> aioredis.Redis:
 
 
 async def build_context(config: Config, *, clock: Callable[[], float] = time.time) -> AppContext:
-    """Connect to MongoDB and Redis, create indexes, seed API keys and the first admin."""
+    """Connect to MongoDB and Redis, create indexes, build every service and the background runner,
+    seed API keys and the first admin."""
     if not (config.mongo_uri and config.redis_url and config.secret_key):
         raise ValueError("build_context needs mongo_uri, redis_url and secret_key")
-    storage = Storage(config.mongo_uri, config.mongo_db)
-    redis = redis_client(config.redis_url)
-    executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocking")
+    clients = Clients.open(config, clock)
     try:
-        await storage.ping()
-        await redis.ping()
-        await storage.ensure_indexes()
-        system_settings = SystemSettings(storage, SecretBox(config.secret_key), clock)
-        await system_settings.check_key()
-        wechat_users = WeChatUsers(storage, clock)
-        koala = KoalaClient(system_settings.koala_account, redis, timeout=config.http_timeout,
-                            system=derive_key(config.secret_key, "koala-subject-mark")[:4].hex())
-        images = Images(storage, clock)
-        sms = SmsSender(config, executor)
-
-        async def code_template() -> str:
-            return (await system_settings.templates())["verify_code_sms_id"]
-
-        codes = VerificationCodes(redis, sms, code_template, clock, config.tz)
-        outbox = Outbox(storage, clock)
-        sync_redis = SyncRedis.from_url(config.redis_url, socket_connect_timeout=3, socket_timeout=5)
-        wechat = WeChatApi(config, executor, sync_redis)
-        delivery = DeliveryWorker(storage, system_settings, wechat, sms, clock, config.tz)
-        outbox.on_write = delivery.wake
-        near = NearCache(redis)
-        revocations = Revocations(storage, redis, near, clock)
-        gate_cache = GateCache(storage, redis, clock, near, revocations.refusal)
-        visits = Visits(storage, redis, koala, images, outbox, gate_cache, revocations, system_settings, clock,
-                        config.tz)
-        bindings = Bindings(storage, koala, images, codes, wechat_users, clock)
-        pass_log = PassLog(storage)
-        ctx = AppContext(
-            config=config,
-            storage=storage,
-            redis=redis,
-            executor=executor,
-            clock=clock,
-            api_keys=ApiKeys(storage, redis, clock, near),
-            admins=Admins(storage, executor, clock),
-            login_throttle=LoginThrottle(redis),
-            wechat_users=wechat_users,
-            wechat_sessions=Sessions(redis, "wechat", config.wechat_session_ttl),
-            admin_sessions=Sessions(redis, "admin", config.admin_session_ttl),
-            oauth_states=OAuthStates(redis),
-            oauth=WeChatOAuthService(config, executor),
-            wechat_signatures=MessageSignatures(redis, clock, config.wechat_token),
-            system_settings=system_settings,
-            koala=koala,
-            images=images,
-            sms=sms,
-            codes=codes,
-            bindings=bindings,
-            outbox=outbox,
-            gate_cache=gate_cache,
-            revocations=revocations,
-            pass_log=pass_log,
-            visits=visits,
-            visit_limits=VisitLimits(RateLimiter(redis), clock, config.tz),
-            wechat=wechat,
-            delivery=delivery,
-            sync_redis=sync_redis,
-            near=near,
-            stats=Stats(storage, visits, clock, config.tz),
-            reminders=Reminders(storage, system_settings, outbox, clock, config.tz),
-            retention=Retention(storage, system_settings, revocations, images, pass_log, outbox, bindings, clock,
-                                config.tz),
-        )
-        await ctx.visits.ensure_longest_visit()
-        await ctx.visits.ensure_statuses()
-        await ctx.visits.ensure_grams()
-        await ctx.bindings.ensure_last_used()
-        await ctx.pass_log.upgrade()
-        await revocations.upgrade()
-        await revocations.read_feed()
-        await ctx.api_keys.seed(config.api_keys)
-        await ctx.admins.seed(config.admin_username, config.admin_password)
+        await clients.storage.ping()
+        await clients.redis.ping()
+        await clients.storage.ensure_indexes()
+        services = await build_services(clients)
     except BaseException:
-        await redis.aclose()
-        storage.close()
-        executor.shutdown(wait=False)
+        await clients.close()
         raise
-    return ctx
+    return AppContext(clients, services, Background(
+        loops=[services.delivery.run, services.near.listen, services.near.beat, services.revocations.follow],
+        jobs=[services.revocations.sweep, services.visits.finish_deletions, services.visits.end_visits,
+              services.outbox.sweep, services.visits.remove_koala_subjects, services.visits.reconcile_koala_subjects,
+              services.visits.sweep_images, services.reminders.run, services.retention.run]))
+
+
+async def build_services(clients: Clients) -> Services:
+    """Every service, each given what it uses; then bring stored data up to date and seed it."""
+    config, storage, redis, executor, clock = (clients.config, clients.storage, clients.redis, clients.executor,
+                                               clients.clock)
+    system_settings = SystemSettings(storage, SecretBox(config.secret_key), clock)
+    await system_settings.check_key()
+    wechat_users = WeChatUsers(storage, clock)
+    koala = KoalaClient(system_settings.koala_account, redis, timeout=config.http_timeout,
+                        system=derive_key(config.secret_key, "koala-subject-mark")[:4].hex())
+    images = Images(storage, clock)
+    sms = SmsSender(config, executor)
+
+    async def code_template() -> str:
+        return (await system_settings.templates())["verify_code_sms_id"]
+
+    codes = VerificationCodes(redis, sms, code_template, clock, config.tz)
+    # The outbox rings when it writes, the delivery worker answers: one event between them.
+    outbox_written = asyncio.Event()
+    outbox = Outbox(storage, clock, on_write=outbox_written.set)
+    wechat = WeChatApi(config, executor, clients.sync_redis)
+    delivery = DeliveryWorker(storage, system_settings, wechat, sms, clock, config.tz, wakeup=outbox_written)
+    near = NearCache(redis)
+    revocations = Revocations(storage, redis, near, clock)
+    gate_cache = GateCache(storage, redis, clock, near, revocations.refusal)
+    visits = Visits(storage, redis, koala, images, outbox, gate_cache, revocations, system_settings, clock,
+                    config.tz)
+    bindings = Bindings(storage, koala, images, codes, wechat_users, clock)
+    pass_log = PassLog(storage)
+    services = Services(
+        clients=clients,
+        api_keys=ApiKeys(storage, redis, clock, near),
+        admins=Admins(storage, executor, clock),
+        login_throttle=LoginThrottle(redis),
+        wechat_users=wechat_users,
+        wechat_sessions=Sessions(redis, "wechat", config.wechat_session_ttl),
+        admin_sessions=Sessions(redis, "admin", config.admin_session_ttl),
+        oauth_states=OAuthStates(redis),
+        oauth=WeChatOAuthService(config, executor),
+        wechat_signatures=MessageSignatures(redis, clock, config.wechat_token),
+        system_settings=system_settings,
+        koala=koala,
+        images=images,
+        sms=sms,
+        codes=codes,
+        bindings=bindings,
+        outbox=outbox,
+        gate_cache=gate_cache,
+        revocations=revocations,
+        pass_log=pass_log,
+        visits=visits,
+        visit_limits=VisitLimits(RateLimiter(redis), clock, config.tz),
+        wechat=wechat,
+        delivery=delivery,
+        near=near,
+        stats=Stats(storage, visits, clock, config.tz),
+        reminders=Reminders(storage, system_settings, outbox, clock, config.tz),
+        retention=Retention(storage, system_settings, revocations, images, pass_log, outbox, bindings, clock,
+                            config.tz),
+    )
+    await visits.ensure_longest_visit()
+    await visits.ensure_statuses()
+    await visits.ensure_grams()
+    await bindings.ensure_last_used()
+    await pass_log.upgrade()
+    await revocations.upgrade()
+    await revocations.read_feed()
+    await services.api_keys.seed(config.api_keys)
+    await services.admins.seed(config.admin_username, config.admin_password)
+    return services

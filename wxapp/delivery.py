@@ -113,7 +113,7 @@ class DeliveryWorker:
 
     def __init__(self, storage: Storage, settings: SystemSettings, wechat: WeChatApi, sms: SmsSender,
                  clock: Callable[[], float], tz: ZoneInfo, *, lease: float = 15.0, retry_base: float = 5.0,
-                 poll: float = 1.0):
+                 poll: float = 1.0, wakeup: asyncio.Event | None = None):
         self.storage = storage
         self.settings = settings
         self.wechat = wechat
@@ -124,14 +124,11 @@ class DeliveryWorker:
         self.retry_base = retry_base
         self.poll = poll
         self.owner = new_token(9)
-        self._wakeup = asyncio.Event()
+        # Set when new entries are written (by the outbox): look now instead of at the next poll.
+        self._wakeup = wakeup if wakeup is not None else asyncio.Event()
         self._in_flight: set[str] = set()
         # Entries this process sent, with the outcome to write again should the first write be lost.
         self._sent: collections.OrderedDict[str, dict] = collections.OrderedDict()
-
-    def wake(self) -> None:
-        """New entries were written: look now instead of at the next poll."""
-        self._wakeup.set()
 
     async def claim(self, channel: str | None = None) -> dict | None:
         """Take one due entry (of `channel`, or any) for this worker: a new one, or one whose sender's

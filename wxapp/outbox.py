@@ -43,10 +43,10 @@ BATCHED = {"approval_reminder_to_employee"}
 class Outbox:
     """Writes outbox entries for records' pending events."""
 
-    def __init__(self, storage: Storage, clock: Callable[[], float]):
+    def __init__(self, storage: Storage, clock: Callable[[], float], *, on_write: Callable[[], None]):
         self.storage = storage
         self.clock = clock
-        self.on_write: Callable[[], None] = lambda: None  # wakes the delivery worker
+        self.on_write = on_write  # called after entries become due, to wake the delivery worker
 
     async def _recipient(self, event: str, record: dict) -> tuple[str, str]:
         """(openid or "", phone) of the person an event is for."""

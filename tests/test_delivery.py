@@ -188,6 +188,19 @@ async def test_a_restarted_server_delivers_what_was_pending(journey, ctx, config
     assert len(messages(fakes)) == len(set(messages(fakes))) == 8
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_a_written_notification_wakes_the_delivery_worker_before_its_next_poll(journey, ctx, background, fakes):
+    ctx.delivery.poll = 30.0  # without the outbox's wake-up, nothing would be sent within the test
+    background.start()
+    await asyncio.sleep(0.2)  # the worker found nothing and waits
+    await journey()
+    for _ in range(100):
+        if len(messages(fakes)) == 8:
+            break
+        await asyncio.sleep(0.1)
+    assert len(messages(fakes)) == 8
+
+
 def worker(ctx, **kwargs) -> DeliveryWorker:
     """Another delivery worker on the same outbox, as another server process runs one."""
     return DeliveryWorker(ctx.storage, ctx.system_settings, ctx.wechat, ctx.sms, ctx.clock, ctx.config.tz, **kwargs)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from wxapp.auth import Role
-from wxapp.bindings import avatar_path
+from wxapp.bindings import KIND_NAMES, avatar_path
 from wxapp.errors import ApiError
 from wxapp.validation import Field, Schema, name_field, phone_field
 
@@ -17,7 +17,7 @@ EMPLOYEE_DATA = {"type": "object", "properties": {k: {"type": t} for k, t in (
     ("phone", "string"))}}
 VISITOR_DATA = {"type": "object", "properties": {k: {"type": "string"} for k in ("nick", "avatar", "phone")}}
 IS_BINDING_DATA = {"type": "object", "properties": {**EMPLOYEE_DATA["properties"], "type": {
-    "type": "string", "enum": ["employee", "visitor"]}}}
+    "type": "string", "enum": list(KIND_NAMES)}}}
 
 
 class BindingHandler(APIHandler):

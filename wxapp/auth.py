@@ -34,6 +34,9 @@ class Role(str, enum.Enum):
 
 
 KEY_ROLES = (Role.ADMIN, Role.KIOSK, Role.GATE)
+# How admins read the roles of keys, in the order the form offers them.
+KEY_ROLE_LABELS = {Role.KIOSK.value: "签到机", Role.GATE.value: "闸机", Role.ADMIN.value: "管理员"}
+assert set(KEY_ROLE_LABELS) == {role.value for role in KEY_ROLES}
 WECHAT_ROLES = (Role.WECHAT, Role.VISITOR, Role.EMPLOYEE)
 
 

@@ -8,9 +8,10 @@ import secrets
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .auth import KEY_ROLES
 from .security import read_or_create_secret
 
-ROLES = ("admin", "kiosk", "gate")
+ROLES = tuple(role.value for role in KEY_ROLES)  # what an entry of API_KEYS may be
 SMS_BACKENDS = ("aliyun", "log", "off")
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 

@@ -42,6 +42,8 @@ EVENT_LABELS = {
 assert set(EVENT_LABELS) == set(EVENTS)
 
 CHANNELS = ("wechat", "sms")
+CHANNEL_LABELS = {"wechat": "微信模板消息", "sms": "短信"}
+assert set(CHANNEL_LABELS) == set(CHANNELS)
 
 # Template id setting names, e.g. "signin_to_visitor_sms_id".
 TEMPLATE_ID_FIELDS = tuple(f"{event}_{channel}_id" for event in EVENTS for channel in CHANNELS)

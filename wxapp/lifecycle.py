@@ -33,6 +33,8 @@ LABELS = {
 }
 # Statuses a visit can still move on from; the others are final.
 OPEN = (PENDING, APPROVED, SIGNED_IN)
+# Who called a cancelled visit off (`cancelled_by`), as admins read it.
+CANCELLED_BY_LABELS = {"visitor": "访客", "employee": "被访员工", "admin": "管理员"}
 
 
 @dataclasses.dataclass(frozen=True)

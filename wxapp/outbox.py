@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 STATUSES = ("pending", "sending", "sent", "failed", "skipped", "cancelled")
 STATUS_LABELS = {"pending": "待发送", "sending": "发送中", "sent": "已发送", "failed": "发送失败",
                  "skipped": "已跳过", "cancelled": "已取消"}
+RETRYABLE = ("failed", "skipped")  # what an admin may send again
 
 # Who each event is for: the visitor of the record or the employee being visited.
 RECIPIENT = {
@@ -115,7 +116,7 @@ class Outbox:
         """Queue a failed or skipped entry again (the delivery worker is woken); 404 unknown, 409 when
         it is not failed."""
         entry = await self.storage.outbox.find_one_and_update(
-            {"_id": entry_id, "status": {"$in": ["failed", "skipped"]}},
+            {"_id": entry_id, "status": {"$in": list(RETRYABLE)}},
             {"$set": {"status": "pending", "due_at": self.clock(), "attempts": 0, "last_error": ""}},
             return_document=ReturnDocument.AFTER,
         )

@@ -42,9 +42,6 @@ DONE_MESSAGES = {
     "retried": "通知已重新排队发送。",
 }
 
-# How notifications read in the admin's language.
-CHANNEL_LABELS = {"wechat": "微信模板消息", "sms": "短信"}
-
 
 class AdminPageHandler(PageHandler):
     """An /admin page: without an admin session the browser is sent to the login page.

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import re
 
+from wxapp.auth import KEY_ROLE_LABELS
 from wxapp.errors import ApiError
 from wxapp.validation import is_name
 
 from ..base import ADMIN_COOKIE
 from .base import AdminPageHandler
 
-ROLE_LABELS = {"kiosk": "签到机", "gate": "闸机", "admin": "管理员"}
 KEY_NAME_MAX = 64
 USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{3,32}$")
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
@@ -22,7 +22,7 @@ class KeysPage(AdminPageHandler):
 
     async def show(self, status: int = 200, *, form: dict | None = None, errors: dict | None = None) -> None:
         """Render the list of keys with the create form (as entered, when it had errors)."""
-        self.render_admin("admin/keys.html", status, keys=await self.ctx.api_keys.list(), roles=ROLE_LABELS,
+        self.render_admin("admin/keys.html", status, keys=await self.ctx.api_keys.list(), roles=KEY_ROLE_LABELS,
                           form=form or {"name": "", "role": "gate"}, errors=errors or {})
 
 
@@ -41,14 +41,14 @@ class KeysHandler(KeysPage):
             errors["name"] = f"名称不能超过 {KEY_NAME_MAX} 个字符"
         elif not is_name(form["name"]):
             errors["name"] = "名称不能含控制字符或文字方向控制字符"
-        if form["role"] not in ROLE_LABELS:
+        if form["role"] not in KEY_ROLE_LABELS:
             errors["role"] = "请选择用途"
         if errors:
             await self.show(400, form=form, errors=errors)
             return
         doc, key = await self.ctx.api_keys.create(form["role"], form["name"])
         self.set_header("Cache-Control", "no-store")  # the page holds the plain key
-        self.render_admin("admin/key_created.html", doc=doc, key=key, roles=ROLE_LABELS)
+        self.render_admin("admin/key_created.html", doc=doc, key=key, roles=KEY_ROLE_LABELS)
 
 
 class RevokeKeyHandler(AdminPageHandler):

@@ -7,19 +7,18 @@ from urllib.parse import urlencode
 
 from wxapp.errors import ApiError
 from wxapp.gate import MESSAGES
-from wxapp.events import EVENT_LABELS
+from wxapp.events import CHANNEL_LABELS, EVENT_LABELS
 from wxapp.outbox import STATUS_LABELS as OUTBOX_STATUS_LABELS
-from wxapp.outbox import STATUSES
+from wxapp.outbox import RETRYABLE, STATUSES
 from wxapp.validation import PAGE, RECORD_ID, Field
 
-from .base import CHANNEL_LABELS, AdminPageHandler, mask_phone
+from .base import AdminPageHandler, mask_phone
 
 NOTIFICATIONS_PER_PAGE = 20
 PASSES_PER_PAGE = 100
 # Bootstrap colours of the outbox statuses.
 STATUS_STYLES = {"pending": "primary", "sending": "info", "sent": "success", "failed": "danger",
                  "skipped": "warning", "cancelled": "secondary"}
-RETRYABLE = ("failed", "skipped")
 # The result filter of the gate log: its value in the query -> `allowed` of PassLog.search.
 RESULTS = {"": None, "allowed": True, "refused": False}
 

@@ -10,10 +10,10 @@ from wxapp import lifecycle
 from wxapp.errors import ApiError
 from wxapp.validation import normalize_phone
 from wxapp.visits import PURPOSES
-from wxapp.events import EVENT_LABELS
+from wxapp.events import CHANNEL_LABELS, EVENT_LABELS
 from wxapp.outbox import STATUS_LABELS as OUTBOX_STATUS_LABELS
 
-from .base import CHANNEL_LABELS, AdminPageHandler, mask_phone
+from .base import AdminPageHandler, mask_phone
 
 PAGE_SIZE = 20
 FILTERS = ("name", "phone", "interviewee", "interviewee_phone", "start", "end", "is_auth", "status")
@@ -153,6 +153,7 @@ class RecordHandler(AdminPageHandler):
             notifications=await self.ctx.outbox.for_record(record["_id"]),
             back=_filters_only(self.get_query_argument("back", "")), event_labels=EVENT_LABELS, channel_labels=CHANNEL_LABELS,
             status_labels=OUTBOX_STATUS_LABELS, undecided=state in lifecycle.DECLINE.sources, state=state,
+            cancelled_by_labels=lifecycle.CANCELLED_BY_LABELS,
         )
 
 

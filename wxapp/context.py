@@ -94,6 +94,7 @@ class Services:
     reminders: Reminders
     retention: Retention
 
+    # What handlers read besides the services: the configuration, the clock, and a few clients.
     @property
     def config(self) -> Config:
         return self.clients.config
@@ -153,11 +154,13 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
     except BaseException:
         await clients.close()
         raise
-    return AppContext(clients, services, Background(
+    background = Background(
         loops=[services.delivery.run, services.near.listen, services.near.beat, services.revocations.follow],
+        # Each finishes what failures left behind, or keeps stored data within its limits.
         jobs=[services.revocations.sweep, services.visits.finish_deletions, services.visits.end_visits,
               services.outbox.sweep, services.visits.remove_koala_subjects, services.visits.reconcile_koala_subjects,
-              services.visits.sweep_images, services.reminders.run, services.retention.run]))
+              services.visits.sweep_images, services.reminders.run, services.retention.run])
+    return AppContext(clients, services, background)
 
 
 async def build_services(clients: Clients) -> Services:

@@ -82,7 +82,7 @@ class Side:
         """A bound employee with a WeChat session (as the binding flow leaves them)."""
         ctx = await build_context(self.config())
         try:
-            await ctx.storage.bindings.insert_one(dict(EMPLOYEE))
+            await ctx.storage.db.bindings.insert_one(dict(EMPLOYEE))
             sid = await ctx.wechat_sessions.create({"openid": EMPLOYEE["_id"]})
         finally:
             await ctx.close()

@@ -139,17 +139,17 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             return (await system_settings.templates())["verify_code_sms_id"]
 
         codes = VerificationCodes(redis, sms, code_template, clock, config.tz)
-        outbox = Outbox(storage, clock)
+        bindings = Bindings(storage, koala, images, codes, wechat_users, clock)
+        outbox = Outbox(storage, bindings, clock)
         sync_redis = SyncRedis.from_url(config.redis_url, socket_connect_timeout=3, socket_timeout=5)
         wechat = WeChatApi(config, executor, sync_redis)
-        delivery = DeliveryWorker(storage, system_settings, wechat, sms, clock, config.tz)
-        outbox.on_write = delivery.wake
         near = NearCache(redis)
         revocations = Revocations(storage, redis, near, clock)
         gate_cache = GateCache(storage, redis, clock, near, revocations.refusal)
-        visits = Visits(storage, redis, koala, images, outbox, gate_cache, revocations, system_settings, clock,
-                        config.tz)
-        bindings = Bindings(storage, koala, images, codes, wechat_users, clock)
+        visits = Visits(storage, redis, koala, images, outbox, bindings, gate_cache, revocations, system_settings,
+                        clock, config.tz)
+        delivery = DeliveryWorker(outbox, visits, system_settings, wechat, sms, clock, config.tz)
+        outbox.on_write = delivery.wake
         pass_log = PassLog(storage)
         ctx = AppContext(
             config=config,
@@ -182,7 +182,7 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             delivery=delivery,
             sync_redis=sync_redis,
             near=near,
-            stats=Stats(storage, visits, clock, config.tz),
+            stats=Stats(visits, pass_log, clock, config.tz),
             reminders=Reminders(storage, system_settings, outbox, clock, config.tz),
             retention=Retention(storage, system_settings, revocations, images, pass_log, outbox, bindings, clock,
                                 config.tz),

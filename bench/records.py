@@ -112,7 +112,8 @@ async def seed(stack: Stack, population: Population, first_id: int, count: int, 
             await ctx.storage.db.records.insert_many(docs, ordered=False)
             population.longest = max([population.longest, *(d["end_time"] - d["start_time"] for d in docs)])
         # What Visits.apply keeps besides the record itself: the id sequence and the longest visit.
-        await ctx.storage.db.counters.update_one({"_id": "records"}, {"$max": {"seq": first_id + count - 1}}, upsert=True)
+        await ctx.storage.db.counters.update_one({"_id": "records"}, {"$max": {"seq": first_id + count - 1}},
+                                                 upsert=True)
         await ctx.storage.db.counters.update_one({"_id": "longest_visit"}, {"$max": {"seconds": population.longest}},
                                               upsert=True)
         return time.perf_counter() - started

@@ -190,7 +190,8 @@ async def test_a_restarted_server_delivers_what_was_pending(journey, ctx, config
 
 def worker(ctx, **kwargs) -> DeliveryWorker:
     """Another delivery worker on the same outbox, as another server process runs one."""
-    return DeliveryWorker(ctx.outbox, ctx.visits, ctx.system_settings, ctx.wechat, ctx.sms, ctx.clock, ctx.config.tz, **kwargs)
+    return DeliveryWorker(ctx.outbox, ctx.visits, ctx.system_settings, ctx.wechat, ctx.sms, ctx.clock, ctx.config.tz,
+                          **kwargs)
 
 
 def template_requests(fakes) -> list[str]:

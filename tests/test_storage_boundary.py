@@ -1,9 +1,12 @@
-"""The storage boundary, read from the source: only wxapp/storage.py knows the driver, and each
-collection is used by its one owner (tests and benchmarks may look into the database directly)."""
+"""The storage boundary: only wxapp/storage.py knows the driver and each collection is used by its
+one owner (both read from the source; tests and benchmarks may look into the database directly),
+and what the collection API answers, the contract a change of driver must keep."""
 import ast
 import pathlib
 
-from wxapp.storage import INDEXES
+import pytest
+
+from wxapp.storage import ASCENDING, DESCENDING, INDEXES, DuplicateKeyError, Updated
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DRIVERS = {"motor", "pymongo", "bson"}
@@ -166,3 +169,47 @@ def test_the_ownership_check_names_a_stranger():
 def test_only_the_reads_awaiting_keyset_paging_use_the_drivers_cursor():
     users = {user for source in product_modules().values() for user in cursor_users(source)}
     assert users <= CURSOR_USERS
+
+
+# --- the collection API, against the real database ----------------------------------------------
+
+@pytest.mark.gen_test
+async def test_reads_answer_lists_and_walks_in_sorted_batches(ctx):
+    jobs = ctx.storage.jobs
+    for n in range(1, 8):
+        await jobs.insert_one({"_id": n, "kind": "a" if n % 2 else "b", "n": n})
+    assert await jobs.find({"kind": "a"}, {"n": 1}, sort=[("n", DESCENDING)], skip=1, limit=2) == [
+        {"_id": 5, "n": 5}, {"_id": 3, "n": 3}]
+    assert await jobs.find_one({"kind": "b"}, sort=[("n", DESCENDING)]) == {"_id": 6, "kind": "b", "n": 6}
+    assert await jobs.count({"kind": "a"}) == 4 and await jobs.count({}, limit=2) == 2
+    walked = []
+    async for doc in jobs.each({}, {"_id": 1}, sort=[("n", ASCENDING)], batch_size=2):
+        walked.append(doc["_id"])
+        if len(walked) == 5:
+            break  # leaving early ends the read
+    assert walked == [1, 2, 3, 4, 5]
+    assert await jobs.aggregate([{"$group": {"_id": "$kind", "total": {"$sum": "$n"}}}, {"$sort": {"_id": 1}}]) == [
+        {"_id": "a", "total": 16}, {"_id": "b", "total": 12}]
+
+
+@pytest.mark.gen_test
+async def test_writes_answer_plain_counts_and_documents(ctx):
+    jobs = ctx.storage.jobs
+    await jobs.insert_one({"_id": 1, "state": "new"})
+    with pytest.raises(DuplicateKeyError):
+        await jobs.insert_one({"_id": 1})
+    assert await jobs.update_one({"_id": 1, "state": "new"}, {"$set": {"state": "old"}}) == Updated(1, 1)
+    assert await jobs.update_one({"_id": 1, "state": "new"}, {"$set": {"state": "x"}}) == Updated(0, 0)
+    assert await jobs.update_one({"_id": 2}, {"$set": {"state": "new"}}, upsert=True) == Updated(0, 0)
+    assert await jobs.replace_one({"_id": 2}, {"state": "replaced"}) == Updated(1, 1)
+    assert await jobs.find_one_and_update({"_id": 1}, {"$set": {"state": "a"}}) == {"_id": 1, "state": "old"}
+    assert await jobs.find_one_and_update({"_id": 1}, {"$set": {"state": "b"}}, projection={"state": 1},
+                                          return_new=True) == {"_id": 1, "state": "b"}
+    assert await jobs.find_one_and_update({"_id": 3, "state": "none"}, {"$set": {"n": 1}}) is None
+    assert await jobs.bulk_update([({"_id": 1, "state": "b"}, {"$set": {"state": "c"}}),
+                                   ({"_id": 2, "state": "no"}, {"$set": {"state": "c"}})]) == 1
+    assert await jobs.update_many({}, {"$set": {"state": "c"}}) == Updated(2, 1)
+    assert await jobs.find_one_and_delete({"_id": 2}) == {"_id": 2, "state": "c"}
+    assert await jobs.delete_one({"_id": 2}) == 0
+    assert await jobs.delete_many({}) == 1
+

@@ -220,7 +220,7 @@ class DeliveryWorker:
         # the lease is held; should it still fail, `_sent` keeps this process from sending again.
         for pause in (0.2, 1.0, 3.0, None):
             try:
-                await self.outbox.settle(entry["_id"], self.owner, fields)
+                await self.outbox.record_outcome(entry["_id"], self.owner, fields)
                 return
             except Exception:
                 if pause is None:

@@ -7,7 +7,7 @@ clears them. `sweep` finishes the job for a process that died in between."""
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Iterable
 
 from .bindings import Bindings
 from .events import EVENTS
@@ -145,7 +145,7 @@ class Outbox:
     # --- the delivery worker's side ----------------------------------------------------------------
 
     async def claim(self, owner: str, lease: float, *, channel: str | None = None,
-                    busy: set[str] = frozenset()) -> dict | None:
+                    busy: Iterable[str] = ()) -> dict | None:
         """Take one due entry (of `channel`, or any; none of `busy`) for the sender `owner` by one atomic
         update: a pending one, or one whose sender's lease ran out; it is `owner`'s for `lease`
         seconds (`due_at` is the lease's end). The entry as claimed, or None when nothing is due."""
@@ -169,7 +169,7 @@ class Outbox:
         await self.storage.outbox.update_one({"_id": entry_id, "status": "sending", "lease_owner": owner},
                                              {"$set": {"due_at": self.clock() + lease}})
 
-    async def settle(self, entry_id: str, owner: str, fields: dict) -> None:
+    async def record_outcome(self, entry_id: str, owner: str, fields: dict) -> None:
         """Record what became of a send (`status` and its details), if `owner` still holds the entry."""
         await self.storage.outbox.update_one({"_id": entry_id, "lease_owner": owner}, {"$set": fields})
 

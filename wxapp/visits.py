@@ -652,8 +652,8 @@ class Visits:
 
     async def failing_koala_removals(self, limit: int = 200) -> list[dict]:
         """Queued Koala removals that have failed at least once, oldest first."""
-        jobs = await self.storage.koala_cleanup.find({"attempts": {"$gte": 1}},
-                                                     sort=[("attempts", ASCENDING), ("created_at", ASCENDING)], limit=limit)
+        jobs = await self.storage.koala_cleanup.find(
+            {"attempts": {"$gte": 1}}, sort=[("attempts", ASCENDING), ("created_at", ASCENDING)], limit=limit)
         return sorted(jobs, key=lambda job: job["created_at"])
 
     async def retry_koala_removal(self, job_id: str) -> int:

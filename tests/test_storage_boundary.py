@@ -34,7 +34,7 @@ OWNERS = {
     # their pending events and the gate reads a pass's record on a cache miss. Counters: small
     # documents, each with its own owner by _id (sequences, one-off upgrades, the image sweep).
     "records": {"Visits", "Revocations", "Retention", "Reminders", "Outbox", "GateCache"},
-    "counters": {"Storage", "Visits", "Images", "Retention", "Bindings"},
+    "counters": {"Visits", "Images", "Retention", "Bindings"},
 }
 # TEMPORARY: the reads that still use the driver's cursor (`Collection.cursor`) until their keyset
 # paging moves them onto the collection API. None may be added.

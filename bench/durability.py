@@ -83,7 +83,7 @@ class Side:
         context = await build_context(self.config())
         ctx = context.services
         try:
-            await ctx.storage.bindings.insert_one(dict(EMPLOYEE))
+            await ctx.storage.db.bindings.insert_one(dict(EMPLOYEE))
             sid = await ctx.wechat_sessions.create({"openid": EMPLOYEE["_id"]})
         finally:
             await context.close()

@@ -70,7 +70,7 @@ async def seed_visit(stack: Stack) -> tuple[int, str]:
             "phones": ["13900000001"], "parties": ["13900000001"], "created_by": "o-bench",
             "create_time": now - 7200, "pending_events": [],
         }
-        await ctx.storage.records.insert_one(record)
+        await ctx.storage.db.records.insert_one(record)
         await ctx.gate_cache.publish(record)
         # The same QR content the records API hands out (Visits.present).
         return record["_id"], json.dumps({"id": record["_id"], "qrcode": token})
@@ -85,7 +85,7 @@ async def count_passes(stack: Stack) -> dict:
     ctx = context.services
     try:
         counts: dict = {}
-        async for doc in ctx.storage.passes.find({}, {"code": 1, "entries.code": 1}):
+        async for doc in ctx.storage.db.passes.find({}, {"code": 1, "entries.code": 1}):
             for entry in doc.get("entries", [doc]):
                 counts[entry.get("code")] = counts.get(entry.get("code"), 0) + 1
         return counts

@@ -110,11 +110,12 @@ async def seed(stack: Stack, population: Population, first_id: int, count: int, 
         started = time.perf_counter()
         for offset in range(0, count, batch):
             docs = [population.record(first_id + offset + i) for i in range(min(batch, count - offset))]
-            await ctx.storage.records.insert_many(docs, ordered=False)
+            await ctx.storage.db.records.insert_many(docs, ordered=False)
             population.longest = max([population.longest, *(d["end_time"] - d["start_time"] for d in docs)])
         # What Visits.apply keeps besides the record itself: the id sequence and the longest visit.
-        await ctx.storage.counters.update_one({"_id": "records"}, {"$max": {"seq": first_id + count - 1}}, upsert=True)
-        await ctx.storage.counters.update_one({"_id": "longest_visit"}, {"$max": {"seconds": population.longest}},
+        await ctx.storage.db.counters.update_one({"_id": "records"}, {"$max": {"seq": first_id + count - 1}},
+                                                 upsert=True)
+        await ctx.storage.db.counters.update_one({"_id": "longest_visit"}, {"$max": {"seconds": population.longest}},
                                               upsert=True)
         return time.perf_counter() - started
     finally:
@@ -131,8 +132,8 @@ async def explain(stack: Stack, params: dict) -> dict:
         # The filter Visits.find sends (index_query adds derived bounds, where the code has it).
         index_query = getattr(ctx.visits, "index_query", None)
         sent = await index_query(query) if index_query else query.index
-        plan = await ctx.storage.records.find(sent).sort(SORT).explain()
-        yielded = await ctx.storage.records.count_documents(sent)
+        plan = await ctx.storage.db.records.find(sent).sort(SORT).explain()
+        yielded = await ctx.storage.db.records.count_documents(sent)
         return {"filter": sent, "checks_in_python": len(query.checks),
                 "records_the_index_yields": yielded, "winning_plan": plan.get("queryPlanner", {}).get("winningPlan", plan)}
     finally:

@@ -67,7 +67,7 @@ async def test_admin_searches_opens_a_visit_and_deletes_it(http_server, base_url
         assert "没有符合条件的访客记录" in await page.inner_text("main")  # still the same search
         await p.shot("deleted")
         assert not p.unexpected_errors()
-    assert await ctx.storage.records.count_documents({}) == 1
+    assert await ctx.storage.db.records.count_documents({}) == 1
 
 
 @pytest.mark.gen_test(timeout=TIMEOUT)

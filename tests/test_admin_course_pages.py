@@ -42,7 +42,7 @@ async def test_the_admin_declines_with_a_reason_after_confirming_and_returns_to_
     assert 'id="decline"' not in shown and 'id="cancel"' not in shown  # nothing left to decide
     stored = await ctx.visits.get(rid)
     assert stored["status"] == "declined" and stored["decline_reason"] == "会议室已满"
-    assert await ctx.storage.outbox.count_documents({"record_id": rid, "event": "decline_to_visitor"}) >= 1
+    assert await ctx.storage.db.outbox.count_documents({"record_id": rid, "event": "decline_to_visitor"}) >= 1
 
 
 @pytest.mark.gen_test
@@ -146,7 +146,7 @@ async def test_declined_and_cancelled_visits_are_no_longer_expected_today(admin,
     for n in range(4):
         await invite(ctx, f"访客{n}", f"1390000000{n}", clock() + 600 + n)
     waiting = await invite(ctx, "待批访客", "13900000009", clock() + 900)
-    await ctx.storage.records.update_one({"_id": waiting}, {"$set": {"is_auth": 0, "status": "pending"}})
+    await ctx.storage.db.records.update_one({"_id": waiting}, {"$set": {"is_auth": 0, "status": "pending"}})
     html = (await admin.fetch("/admin/")).text
     assert figure(html, "stat-expected") == 5 and "其中待审批 1" in html
     await ctx.visits.decline(1, None, "")

@@ -49,7 +49,7 @@ async def test_today_counts_expected_signed_in_passed_and_on_site(admin_login, j
     rid = await journey()
     await invite(ctx, "下午访客", "13900000005", clock() + 3 * 3600)
     waiting = await invite(ctx, "待批访客", "13900000006", clock() + 3600)
-    await ctx.storage.records.update_one({"_id": waiting}, {"$set": {"is_auth": 0}})
+    await ctx.storage.db.records.update_one({"_id": waiting}, {"$set": {"is_auth": 0}})
     record = await ctx.visits.get(rid)
     assert [await scan(anonymous, record, n) for n in (0, 1, 1)] == [0, 0, 0]  # the same person twice
     old = await ctx.visits.get(earlier)

@@ -49,12 +49,12 @@ async def test_the_log_pages_need_an_admin_login(anonymous, path):
 @pytest.mark.gen_test
 async def test_a_retry_without_the_xsrf_field_is_refused(admin_login, journey, ctx):
     rid = await journey(sign_in=False)
-    await ctx.storage.outbox.update_many({}, {"$set": {"status": "failed"}})
+    await ctx.storage.db.outbox.update_many({}, {"$set": {"status": "failed"}})
     browser = await admin_login()
     entry_id = f"approval_pass_to_visitor:{rid}:wechat"
     resp = await browser.fetch(f"/admin/notifications/{entry_id}/retry", "POST", form={"status": ""}, xsrf=False)
     assert resp.status == 403
-    assert (await ctx.storage.outbox.find_one({"_id": entry_id}))["status"] == "failed"
+    assert (await ctx.storage.db.outbox.find_one({"_id": entry_id}))["status"] == "failed"
 
 
 @pytest.mark.gen_test
@@ -73,14 +73,14 @@ async def test_a_failed_notification_is_shown_and_sent_again(admin_login, journe
 
     resp = await retry(browser, entry_id.replace(":", "%3A"), "failed")
     assert resp.status == 302 and resp.location == "/admin/notifications?status=failed&done=retried"
-    entry = await ctx.storage.outbox.find_one({"_id": entry_id})
+    entry = await ctx.storage.db.outbox.find_one({"_id": entry_id})
     assert (entry["status"], entry["attempts"], entry["last_error"]) == ("pending", 0, "")
     after = await browser.fetch(resp.location)
     assert "通知已重新排队发送" in after.text and rows(after) == []  # none failed any more
     pending = rows(await browser.fetch("/admin/notifications?status=pending"))
     assert [r[5] for r in pending] == ["待发送"] and pending[0][8]  # with its next attempt time
     await ctx.delivery.run_once()
-    assert (await ctx.storage.outbox.find_one({"_id": entry_id}))["status"] == "sent"
+    assert (await ctx.storage.db.outbox.find_one({"_id": entry_id}))["status"] == "sent"
 
 
 @pytest.mark.gen_test
@@ -100,7 +100,7 @@ async def test_only_failed_or_skipped_notifications_can_be_sent_again(admin_logi
 @pytest.mark.gen_test
 async def test_the_status_filter_and_masked_phones(admin_login, journey, ctx):
     await journey()  # four events, each to WeChat and SMS
-    await ctx.storage.outbox.update_many({"channel": "wechat"}, {"$set": {"status": "skipped"}})
+    await ctx.storage.db.outbox.update_many({"channel": "wechat"}, {"$set": {"status": "skipped"}})
     browser = await admin_login()
     everything = await browser.fetch("/admin/notifications")
     assert len(rows(everything)) == 8 and "共 8 条通知" in everything.text
@@ -120,7 +120,7 @@ async def test_the_status_filter_and_masked_phones(admin_login, journey, ctx):
 @pytest.mark.gen_test
 async def test_notifications_are_paged_newest_first(admin_login, ctx, clock):
     now = clock()
-    await ctx.storage.outbox.insert_many([
+    await ctx.storage.db.outbox.insert_many([
         {"_id": f"signin_to_visitor:{n}:sms", "event": "signin_to_visitor", "channel": "sms", "to": "13900000001",
          "record_id": n, "status": "sent" if n % 2 else "failed", "attempts": 1, "last_error": "",
          "due_at": now, "created_at": now - 100 + n} for n in range(1, 51)])
@@ -190,7 +190,7 @@ async def test_malformed_gate_log_filters_are_400_with_the_form_kept(admin_login
 
 async def write_buckets(ctx, buckets: list[list[dict]]) -> None:
     """Store buckets as PassLog writes them (their first entry's time, their last's as `until`)."""
-    await ctx.storage.passes.insert_many([PassLog.bucket(b) for b in buckets])
+    await ctx.storage.db.passes.insert_many([PassLog.bucket(b) for b in buckets])
 
 
 def decision(time: float, name: str, code: int = 0) -> dict:

@@ -71,7 +71,7 @@ async def test_filters_select_what_the_admin_asked_for(admin, ctx, clock):
         "subject_type": 1, "name": "陈某", "phone": "13900000003", "purpose": 0, "remark": "", "come_from": "",
         "proposer": "13800000003", "interviewee": "孙经理", "interviewee_phone": "13800000003",
         "start_time": int(now + HOUR), "end_time": int(now + 2 * HOUR), "retinues": []}))["_id"]
-    await ctx.storage.records.update_one({"_id": pending}, {"$set": {"is_auth": 0}})
+    await ctx.storage.db.records.update_one({"_id": pending}, {"$set": {"is_auth": 0}})
 
     async def names(query):
         resp = await admin.fetch("/admin/records?" + query)
@@ -141,7 +141,7 @@ async def test_deleting_asks_first_then_stops_the_codes_and_removes_koala_subjec
     record = await ctx.visits.get(rid)
     confirm = await admin.fetch(f"/admin/records/{rid}/delete?back=name%3D%E5%BC%A0")
     assert confirm.status == 200 and "此操作不可撤销" in confirm.text
-    assert await ctx.storage.records.count_documents({"_id": rid}) == 1  # asking deletes nothing
+    assert await ctx.storage.db.records.count_documents({"_id": rid}) == 1  # asking deletes nothing
     refused = await admin.fetch(f"/admin/records/{rid}/delete", "POST", form={}, xsrf=False)
     assert refused.status == 403
     resp = await admin.fetch(f"/admin/records/{rid}/delete", "POST",
@@ -149,7 +149,7 @@ async def test_deleting_asks_first_then_stops_the_codes_and_removes_koala_subjec
     assert resp.status == 302 and resp.location == "/admin/records?name=%E5%BC%A0&done=deleted"
     listed = await admin.fetch(resp.location)
     assert "访客记录已删除" in listed.text
-    assert await ctx.storage.records.count_documents({"_id": rid}) == 0
+    assert await ctx.storage.db.records.count_documents({"_id": rid}) == 0
     qrcode = json.dumps({"id": rid, "qrcode": record["token"]})
     gate = await anonymous.fetch("/v1/visit/qrcode", "POST", json={"qrcode": qrcode}, key=GATE_KEY)
     assert gate.json()["code"] == -204

@@ -46,7 +46,7 @@ async def test_a_form_sent_without_a_session_changes_nothing(anonymous, ctx, pat
                       password2="p" * 10)
     assert resp.status == 302
     assert resp.location.startswith("/admin/login?next=")
-    assert await ctx.storage.admins.count_documents({}) == 1
+    assert await ctx.storage.db.admins.count_documents({}) == 1
     assert len(await ctx.api_keys.list()) == 3
 
 
@@ -294,7 +294,7 @@ async def test_a_bad_new_admin_is_shown_again(admin_login, ctx, username, passwo
     assert resp.status == status
     assert message in resp.text
     assert f'value="{username}"' in resp.text
-    assert await ctx.storage.admins.count_documents({}) == 1
+    assert await ctx.storage.db.admins.count_documents({}) == 1
 
 
 @pytest.mark.gen_test

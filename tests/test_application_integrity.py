@@ -23,7 +23,7 @@ def body(clock, *, interviewee="李经理", interviewee_phone="13800000002", pho
 
 
 async def count(ctx, collection: str) -> int:
-    return await getattr(ctx.storage, collection).count_documents({})
+    return await ctx.storage.db[collection].count_documents({})
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -59,7 +59,7 @@ async def test_images_that_nothing_names_are_swept_after_a_grace_period(bind_vis
     resp = await visitor.fetch("/v1/subject", "POST", json=body(
         clock, photo=photo("main"), retinues=[{"name": "随行", "phone": "13700000011", "photo": photo("r")}]))
     assert resp.json()["code"] == 0, resp
-    named = {doc["_id"] for doc in await ctx.storage.images.find({}, {"_id": 1}).to_list(None)}
+    named = {doc["_id"] for doc in await ctx.storage.db.images.find({}, {"_id": 1}).to_list(None)}
     assert len(named) == 3
     orphan = await ctx.images.save(make_jpeg("orphan"))  # as a failure between storing and recording leaves
     assert await ctx.visits.sweep_images() == 0  # too young: its record may be on its way
@@ -67,7 +67,7 @@ async def test_images_that_nothing_names_are_swept_after_a_grace_period(bind_vis
     later = await ctx.images.save(make_jpeg("later"))
     # A round of the periodic jobs sweeps: the old orphan goes, what is named stays, the young one waits.
     await background.run_jobs()
-    left = {doc["_id"] for doc in await ctx.storage.images.find({}, {"_id": 1}).to_list(None)}
+    left = {doc["_id"] for doc in await ctx.storage.db.images.find({}, {"_id": 1}).to_list(None)}
     assert left == named | {later}
     clock.advance(SWEEP_GRACE + 1)
     assert await ctx.visits.sweep_images() == 1

@@ -31,7 +31,7 @@ async def test_oauth_start_redirects_to_wechat_authorize_with_a_one_time_state(a
 
 @pytest.mark.gen_test
 async def test_oauth_redirect_uri_uses_cloud_url_when_set(anonymous, ctx):
-    await ctx.storage.settings.insert_one({"_id": "servers", "cloud_url": "https://visit.example.com"})
+    await ctx.storage.db.settings.insert_one({"_id": "servers", "cloud_url": "https://visit.example.com"})
     resp = await anonymous.fetch("/wechat/oauth?next=/h5/")
     redirect_uri = parse_qs(urlsplit(resp.location).query)["redirect_uri"][0]
     assert redirect_uri == "https://visit.example.com/wechat/oauth/callback"
@@ -241,7 +241,7 @@ async def test_a_session_signed_with_another_secret_is_401(wechat_login, admin_l
 
 @pytest.mark.gen_test
 async def test_api_keys_are_stored_hashed(ctx):
-    docs = await ctx.storage.api_keys.find({}).to_list(None)
+    docs = await ctx.storage.db.api_keys.find({}).to_list(None)
     assert {d["role"] for d in docs} == {"admin", "kiosk", "gate"}
     assert ADMIN_KEY not in repr(docs)
     assert security.hash_api_key(ADMIN_KEY) in {d["key_hash"] for d in docs}
@@ -260,12 +260,12 @@ async def test_a_created_key_works_and_stops_at_once_when_revoked(anonymous, ctx
 @pytest.mark.gen_test
 async def test_seeding_keys_again_changes_nothing(ctx):
     await ctx.api_keys.seed(ctx.config.api_keys)
-    assert await ctx.storage.api_keys.count_documents({}) == 3
+    assert await ctx.storage.db.api_keys.count_documents({}) == 3
 
 
 @pytest.mark.gen_test
 async def test_a_revoked_configured_key_stays_revoked_after_a_restart(ctx, anonymous):
-    doc = await ctx.storage.api_keys.find_one({"key_hash": security.hash_api_key(GATE_KEY)})
+    doc = await ctx.storage.db.api_keys.find_one({"key_hash": security.hash_api_key(GATE_KEY)})
     assert await ctx.api_keys.revoke(doc["_id"])
     await ctx.api_keys.seed(ctx.config.api_keys)  # what the next start-up does
     resp = await anonymous.fetch("/v1/visit/qrcode", "POST", json={"qrcode": "x"}, key=GATE_KEY)
@@ -276,7 +276,7 @@ async def test_a_revoked_configured_key_stays_revoked_after_a_restart(ctx, anony
 
 @pytest.mark.gen_test
 async def test_first_admin_is_seeded_with_a_slow_hash(ctx):
-    doc = await ctx.storage.admins.find_one({"_id": ADMIN_USER})
+    doc = await ctx.storage.db.admins.find_one({"_id": ADMIN_USER})
     assert doc["password_hash"].startswith("scrypt$16384$")
     assert ADMIN_PASSWORD not in doc["password_hash"]
     assert await ctx.admins.verify(ADMIN_USER, ADMIN_PASSWORD)
@@ -287,7 +287,7 @@ async def test_first_admin_is_seeded_with_a_slow_hash(ctx):
 @pytest.mark.gen_test
 async def test_admin_seed_does_not_overwrite_an_existing_admin(ctx):
     assert not await ctx.admins.seed("admin2", "other-password")
-    assert await ctx.storage.admins.count_documents({}) == 1
+    assert await ctx.storage.db.admins.count_documents({}) == 1
 
 
 @pytest.mark.gen_test

@@ -34,7 +34,7 @@ async def test_each_event_reaches_the_right_person_on_both_channels_once(journey
         ("wechat", "o-e1", TEMPLATE_IDS["visitor_signin_to_employee_wechat_id"]),
         ("sms", "13800000002", TEMPLATE_IDS["visitor_signin_to_employee_sms_id"]),
     ])
-    assert await ctx.storage.outbox.count_documents({"status": "sent"}) == 8
+    assert await ctx.storage.db.outbox.count_documents({"status": "sent"}) == 8
     assert await ctx.delivery.run_once() == 0
     assert len(messages(fakes)) == 8
     assert fakes.wechat.tokens_issued == 1  # one access token, kept in Redis
@@ -67,7 +67,7 @@ async def test_the_field_mapping_shapes_category_templates_and_cuts_long_values(
     await ctx.system_settings.save_templates({**templates, "wechat_fields": {
         "approval_reminder_to_employee": {"thing1": "come_from", "time2": "start_time", "phone_number3": "visitor_phone"}}})
     await journey(sign_in=False)
-    await ctx.storage.records.update_many({}, {"$set": {"come_from": "一家名字非常非常非常非常非常长的科技有限公司北京分公司"}})
+    await ctx.storage.db.records.update_many({}, {"$set": {"come_from": "一家名字非常非常非常非常非常长的科技有限公司北京分公司"}})
     await ctx.delivery.run_once()
     reminder = next(m for m in fakes.wechat.templates_sent
                     if m["template_id"] == TEMPLATE_IDS["approval_reminder_to_employee_wechat_id"])
@@ -82,7 +82,7 @@ async def test_a_channel_without_a_template_is_skipped(journey, ctx, fakes):
     await ctx.system_settings.save_templates({**templates, "approval_pass_to_visitor_wechat_id": ""})
     await journey(sign_in=False)
     await ctx.delivery.run_once()
-    skipped = await ctx.storage.outbox.find_one({"event": "approval_pass_to_visitor", "channel": "wechat"})
+    skipped = await ctx.storage.db.outbox.find_one({"event": "approval_pass_to_visitor", "channel": "wechat"})
     assert skipped["status"] == "skipped"
     assert ("wechat", "o-v1", "") not in messages(fakes)
 
@@ -93,7 +93,7 @@ async def test_a_wechat_outage_delays_messages_and_loses_none(journey, ctx, fake
     fakes.wechat.fail_next(100, status=503)
     await ctx.delivery.run_once()
     assert fakes.wechat.templates_sent == []
-    pending = await ctx.storage.outbox.find({"channel": "wechat"}).to_list(None)
+    pending = await ctx.storage.db.outbox.find({"channel": "wechat"}).to_list(None)
     assert {p["status"] for p in pending} == {"pending"}
     assert all(p["due_at"] > clock() for p in pending) and all(p["last_error"] for p in pending)
     clock.advance(10)
@@ -105,7 +105,7 @@ async def test_a_wechat_outage_delays_messages_and_loses_none(journey, ctx, fake
         {TEMPLATE_IDS[f"{e}_wechat_id"]: 1 for e in
          ("approval_reminder_to_employee", "approval_pass_to_visitor", "signin_to_visitor",
           "visitor_signin_to_employee")})
-    assert await ctx.storage.outbox.count_documents({"status": "sent"}) == 8
+    assert await ctx.storage.db.outbox.count_documents({"status": "sent"}) == 8
 
 
 @pytest.mark.gen_test
@@ -115,7 +115,7 @@ async def test_sms_throttling_is_retried(journey, ctx, fakes, clock):
     await ctx.delivery.run_once()
     clock.advance(3600)
     await ctx.delivery.run_once()
-    assert await ctx.storage.outbox.count_documents({"channel": "sms", "status": "sent"}) == 2
+    assert await ctx.storage.db.outbox.count_documents({"channel": "sms", "status": "sent"}) == 2
 
 
 @pytest.mark.gen_test
@@ -123,11 +123,11 @@ async def test_a_user_who_unsubscribed_is_not_retried(journey, ctx, fakes, clock
     await journey(sign_in=False)
     fakes.wechat.fail_template(43004, "require subscribe", times=10, openid="o-v1")
     await ctx.delivery.run_once()
-    failed = await ctx.storage.outbox.find_one({"event": "approval_pass_to_visitor", "channel": "wechat"})
+    failed = await ctx.storage.db.outbox.find_one({"event": "approval_pass_to_visitor", "channel": "wechat"})
     assert failed["status"] == "failed" and "43004" in failed["last_error"]
     clock.advance(7200)
     assert await ctx.delivery.run_once() == 0
-    assert (await ctx.storage.outbox.find_one({"_id": failed["_id"]}))["attempts"] == 1
+    assert (await ctx.storage.db.outbox.find_one({"_id": failed["_id"]}))["attempts"] == 1
     assert not [m for m in fakes.wechat.templates_sent if m["touser"] == "o-v1"]
 
 
@@ -138,14 +138,14 @@ async def test_an_invalid_phone_is_a_permanent_sms_failure(bind_employee, ctx, f
     await employee.fetch("/v1/subject", "POST", json=application(
         "+14155550100", now + 60, now + HOUR, proposer="13800000002"))
     await ctx.delivery.run_once()
-    entry = await ctx.storage.outbox.find_one({"channel": "sms"})
+    entry = await ctx.storage.db.outbox.find_one({"channel": "sms"})
     assert entry["status"] == "failed" and "MOBILE_NUMBER_ILLEGAL" in entry["last_error"]
 
 
 @pytest.mark.gen_test
 async def test_two_workers_on_one_outbox_send_each_message_once(journey, ctx, fakes):
     await journey()
-    other = DeliveryWorker(ctx.storage, ctx.system_settings, ctx.wechat, ctx.sms, ctx.clock, ctx.config.tz)
+    other = DeliveryWorker(ctx.outbox, ctx.visits, ctx.system_settings, ctx.wechat, ctx.sms, ctx.clock, ctx.config.tz)
     fakes.wechat.delay = 0.02
     counts = await asyncio.gather(ctx.delivery.run_once(), other.run_once())
     assert sum(counts) == 8
@@ -155,13 +155,13 @@ async def test_two_workers_on_one_outbox_send_each_message_once(journey, ctx, fa
 @pytest.mark.gen_test
 async def test_an_entry_left_by_a_dead_worker_is_sent_when_its_lease_ends(journey, ctx, fakes, clock):
     await journey(sign_in=False)
-    dead = DeliveryWorker(ctx.storage, ctx.system_settings, ctx.wechat, ctx.sms, ctx.clock, ctx.config.tz)
+    dead = DeliveryWorker(ctx.outbox, ctx.visits, ctx.system_settings, ctx.wechat, ctx.sms, ctx.clock, ctx.config.tz)
     claimed = await dead.claim()  # claimed, then the process was killed before sending
     await ctx.delivery.run_once()
-    assert await ctx.storage.outbox.count_documents({"status": "sent"}) == 3
+    assert await ctx.storage.db.outbox.count_documents({"status": "sent"}) == 3
     clock.advance(61)
     assert await ctx.delivery.run_once() == 1
-    assert (await ctx.storage.outbox.find_one({"_id": claimed["_id"]}))["status"] == "sent"
+    assert (await ctx.storage.db.outbox.find_one({"_id": claimed["_id"]}))["status"] == "sent"
     assert len(messages(fakes)) == 4
 
 
@@ -203,7 +203,8 @@ async def test_a_written_notification_wakes_the_delivery_worker_before_its_next_
 
 def worker(ctx, **kwargs) -> DeliveryWorker:
     """Another delivery worker on the same outbox, as another server process runs one."""
-    return DeliveryWorker(ctx.storage, ctx.system_settings, ctx.wechat, ctx.sms, ctx.clock, ctx.config.tz, **kwargs)
+    return DeliveryWorker(ctx.outbox, ctx.visits, ctx.system_settings, ctx.wechat, ctx.sms, ctx.clock, ctx.config.tz,
+                          **kwargs)
 
 
 def template_requests(fakes) -> list[str]:
@@ -222,7 +223,7 @@ async def test_a_send_slower_than_its_lease_is_not_taken_by_another_worker(journ
     claimed = [await other.claim("wechat") for _ in range(3)]
     assert entry["_id"] not in [c["_id"] for c in claimed if c]
     await sending
-    assert (await ctx.storage.outbox.find_one({"_id": entry["_id"]}))["status"] == "sent"
+    assert (await ctx.storage.db.outbox.find_one({"_id": entry["_id"]}))["status"] == "sent"
     await asyncio.sleep(1.3)  # whatever `other` claimed has arrived too
     assert Counter(template_requests(fakes))[TEMPLATE_IDS[f"{entry['event']}_wechat_id"]] == 1
 
@@ -237,7 +238,7 @@ async def test_a_worker_does_not_take_again_what_it_is_sending(journey, ctx, fak
     second = asyncio.ensure_future(slow.run_once())
     await asyncio.gather(first, second)
     assert len(template_requests(fakes)) == len(set(template_requests(fakes))) == 2
-    assert await ctx.storage.outbox.count_documents({"status": "sent"}) == 4
+    assert await ctx.storage.db.outbox.count_documents({"status": "sent"}) == 4
 
 
 @pytest.mark.gen_test
@@ -246,11 +247,11 @@ async def test_a_worker_never_sends_again_what_it_sent_when_the_outcome_was_lost
     assert await ctx.delivery.run_once() == 4
     # The database lost the outcome writes (as a store without durable writes does on a crash):
     # the entries look claimed by this worker, with leases that ran out.
-    await ctx.storage.outbox.update_many({}, {"$set": {"status": "sending", "due_at": clock() - 1,
+    await ctx.storage.db.outbox.update_many({}, {"$set": {"status": "sending", "due_at": clock() - 1,
                                                       "lease_owner": ctx.delivery.owner}})
     assert await ctx.delivery.run_once() == 4
     assert len(messages(fakes)) == 4
-    assert await ctx.storage.outbox.count_documents({"status": "sent"}) == 4
+    assert await ctx.storage.db.outbox.count_documents({"status": "sent"}) == 4
 
 
 @pytest.mark.gen_test(timeout=20)

@@ -71,7 +71,7 @@ async def test_killed_servers_lose_no_notification_and_repeat_only_sends_in_flig
         resp = await employee.fetch("/v1/subject", "POST", json=application(
             "13900000001", now + HOUR + i, now + 2 * HOUR, name=name, proposer="13800000002"))
         names[resp.json()["data"]["id"]] = name
-    entries = await ctx.storage.outbox.find({}).to_list(None)
+    entries = await ctx.storage.db.outbox.find({}).to_list(None)
     assert len(entries) == 2 * RECORDS
     key_of = {e["_id"]: (e["event"], names[e["record_id"]], e["channel"]) for e in entries}
     for fake in (fakes.wechat, fakes.sms):
@@ -99,7 +99,7 @@ async def test_killed_servers_lose_no_notification_and_repeat_only_sends_in_flig
             await until(mid_send, 60, f"{kill_after} messages with one under way")
             server.proc.kill()
             server.proc.wait()
-            claimed = [e for e in await ctx.storage.outbox.find({"status": "sending"}).to_list(None)
+            claimed = [e for e in await ctx.storage.db.outbox.find({"status": "sending"}).to_list(None)
                        if (e["_id"], e["lease_owner"]) not in claims_seen]
             assert claimed, "the kill came while nothing was being sent"
             # One send in flight per channel in a process.
@@ -111,7 +111,7 @@ async def test_killed_servers_lose_no_notification_and_repeat_only_sends_in_flig
         started.append(await start(Server(tmp_path, **env)))
 
         async def all_sent():
-            return await ctx.storage.outbox.count_documents({"status": "sent"}) == 2 * RECORDS
+            return await ctx.storage.db.outbox.count_documents({"status": "sent"}) == 2 * RECORDS
         await until(all_sent, 60, "every notification to be sent")
         recovery = time.monotonic() - restarted
     finally:

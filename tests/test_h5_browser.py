@@ -98,7 +98,7 @@ async def test_visitor_binds_applies_with_a_retinue_and_sees_it_pending(site, fa
         await p.shot("records")
         assert await page.locator(".record").count() == 1
         assert p.unexpected_errors(400) == []  # the wrong code and the empty form were refused with 400
-    record = await ctx.storage.records.find_one({})
+    record = await ctx.storage.db.records.find_one({})
     assert [r["name"] for r in record["retinues"]] == ["随行一"] and record["is_auth"] == 0
 
 
@@ -134,7 +134,7 @@ async def test_employee_binds_and_approves_the_waiting_visitor(site, fakes, ctx,
         await p.shot("me")
         assert "市场部" in await page.inner_text(".profile")
         assert p.errors == []
-    assert (await ctx.storage.records.find_one({"_id": 1}))["is_auth"] == 1
+    assert (await ctx.storage.db.records.find_one({"_id": 1}))["is_auth"] == 1
 
 
 @pytest.mark.gen_test(timeout=TIMEOUT)
@@ -196,7 +196,7 @@ async def test_employee_declines_in_the_sheet_and_a_refusal_is_shown_in_chinese(
         await page.click("#decline-cancel")
         assert await page.is_hidden("#decline-sheet .weui-half-screen-dialog")
         assert p.unexpected_errors(409) == []
-    stored = await ctx.storage.records.find_one({"_id": 1})
+    stored = await ctx.storage.db.records.find_one({"_id": 1})
     assert stored["status"] == "declined" and stored["decline_reason"] == "当天出差，请改日再约"
 
 
@@ -219,4 +219,4 @@ async def test_visitor_cancels_from_the_record_page_after_confirming(site, fakes
         assert await page.locator("#cancel-visit").count() == 0
         await p.shot("cancelled")
         assert p.errors == []
-    assert (await ctx.storage.records.find_one({"_id": rid}))["status"] == "cancelled"
+    assert (await ctx.storage.db.records.find_one({"_id": rid}))["status"] == "cancelled"

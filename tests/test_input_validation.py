@@ -127,7 +127,7 @@ async def test_control_and_bidi_characters_are_refused_in_every_name(bind_visito
     resp = await newcomer.fetch("/v1/subject/binding", "POST", json={
         "weixinUserId": "o-newcomer", "name": name, "phone": "13800000002", "code": "000000"})
     assert_400(resp)
-    assert await ctx.storage.records.count_documents({}) == 0
+    assert await ctx.storage.db.records.count_documents({}) == 0
     assert await ctx.bindings.get("o-newcomer") is None
 
 

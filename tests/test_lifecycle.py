@@ -35,7 +35,7 @@ async def record(anonymous, rid) -> dict:
 
 
 async def events(ctx, rid) -> list[str]:
-    return sorted(e["_id"] for e in await ctx.storage.outbox.find({"record_id": rid}).to_list(None))
+    return sorted(e["_id"] for e in await ctx.storage.db.outbox.find({"record_id": rid}).to_list(None))
 
 
 async def sign_in(anonymous, phone="13900000001") -> dict:
@@ -75,7 +75,7 @@ async def test_the_interviewee_declines_with_a_reason_and_the_visitor_is_told_on
     again = await employee.fetch(f"/v1/auth/{rid}/decline", "POST", json={"reason": "另有安排"})
     assert again.json()["code"] == 0 and again.json()["data"]["status"] == "declined"
     assert await events(ctx, rid) == told
-    stored = await ctx.storage.records.find_one({"_id": rid})
+    stored = await ctx.storage.db.records.find_one({"_id": rid})
     assert stored["decline_reason"] == "当天出差"
     # Declined is final: it can neither be approved nor cancelled, and the kiosk does not know it.
     approve = await employee.fetch(f"/v1/auth/{rid}", "PUT")
@@ -202,7 +202,7 @@ async def test_the_end_of_the_window_ends_every_open_visit_once_with_two_process
     finally:
         await process.close()
     assert sum(moved) == 3
-    stored = {r["_id"]: r["status"] for r in await ctx.storage.records.find({}).to_list(None)}
+    stored = {r["_id"]: r["status"] for r in await ctx.storage.db.records.find({}).to_list(None)}
     assert stored == {pending: "expired", approved: "checked_out", signed: "no_show"}
     assert fakes.koala.visitors() == []
     assert await scan(anonymous, data["qrcode"]) == -209

@@ -23,7 +23,7 @@ async def names(anonymous, query: str) -> list[str]:
 @pytest.mark.gen_test
 async def test_any_substring_of_a_name_finds_it_through_the_index(ctx, anonymous):
     people = ["张三", "张三丰", "王小明", "Tom Lee", "欧阳娜娜"]
-    await ctx.storage.records.insert_many(
+    await ctx.storage.db.records.insert_many(
         [{**stored(i, name), "grams": search_grams({"name": name, "interviewee": "李经理"})}
          for i, name in enumerate(people, 1)])
     assert await names(anonymous, "name=张") == ["张三", "张三丰"]
@@ -35,13 +35,13 @@ async def test_any_substring_of_a_name_finds_it_through_the_index(ctx, anonymous
     for text in ("张", "三丰", "tom l"):
         query = await ctx.visits.index_query(ctx.visits.filters({"name": text}))
         assert "grams" in query
-        await assert_indexed(ctx.storage.records, query, SORT)
+        await assert_indexed(ctx.storage.db.records, query, SORT)
 
 
 @pytest.mark.gen_test
 async def test_records_stored_before_the_index_are_found_after_a_restart(ctx, anonymous):
-    await ctx.storage.records.insert_many([stored(1, "赵六"), stored(2, "钱七")])
-    await ctx.storage.counters.delete_one({"_id": "record_grams"})
+    await ctx.storage.db.records.insert_many([stored(1, "赵六"), stored(2, "钱七")])
+    await ctx.storage.db.counters.delete_one({"_id": "record_grams"})
     await ctx.visits.ensure_grams(batch=1)
     assert await names(anonymous, "name=赵") == ["赵六"]
     assert await names(anonymous, "name=七") == ["钱七"]

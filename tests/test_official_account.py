@@ -180,7 +180,7 @@ async def test_admin_lists_notifications_and_retries_a_failed_one(journey, ctx, 
     retried = await anonymous.fetch(f"/v1/notifications/{entry['id']}/retry", "POST", key=ADMIN_KEY)
     assert retried.json()["data"]["status"] == "pending"
     await ctx.delivery.run_once()
-    assert (await ctx.storage.outbox.find_one({"_id": entry["id"]}))["status"] == "sent"
+    assert (await ctx.storage.db.outbox.find_one({"_id": entry["id"]}))["status"] == "sent"
     again = await anonymous.fetch(f"/v1/notifications/{entry['id']}/retry", "POST", key=ADMIN_KEY)
     assert again.status == 409
     unknown = await anonymous.fetch("/v1/notifications/nothing/retry", "POST", key=ADMIN_KEY)

@@ -73,7 +73,7 @@ async def test_one_handset_written_three_ways_is_one_phone_for_codes_and_binding
     resp = await browser.fetch("/v1/visitor/binding", "POST", json={
         "weixinUserId": "o-v1", "phone": "8613900000001", "code": last_code(fakes, PHONE)})
     assert resp.json()["data"]["phone"] == PHONE
-    assert (await ctx.storage.bindings.find_one({"_id": "o-v1"}))["phone"] == PHONE
+    assert (await ctx.storage.db.bindings.find_one({"_id": "o-v1"}))["phone"] == PHONE
 
 
 @pytest.mark.gen_test

@@ -42,7 +42,7 @@ def morning(bind_visitor, bind_employee, clock, ctx):
 
 
 async def reminders(ctx) -> list[str]:
-    return sorted(e["_id"] for e in await ctx.storage.outbox.find({"event": EVENT}).to_list(None))
+    return sorted(e["_id"] for e in await ctx.storage.db.outbox.find({"event": EVENT}).to_list(None))
 
 
 @pytest.mark.gen_test
@@ -93,7 +93,7 @@ async def test_no_reminder_for_pending_declined_cancelled_other_days_or_late_boo
         await employee.fetch(f"/v1/auth/{rid}", "PUT")
     await employee.fetch(f"/v1/auth/{declined}/decline", "POST", json={"reason": "出差"})
     assert (await visitor.fetch(f"/v1/visit/records/{cancelled}/cancel", "POST")).json()["code"] == 0
-    await ctx.storage.records.update_one(  # a visit of the next day, approved
+    await ctx.storage.db.records.update_one(  # a visit of the next day, approved
         {"_id": other_day}, {"$inc": {"start_time": 86400, "end_time": 86400}})
     await employee.fetch(f"/v1/auth/{other_day}", "PUT")
     clock.advance(at(ctx, day, 8, 30) - clock())
@@ -118,5 +118,5 @@ async def test_two_processes_send_each_reminder_once(morning, ctx, clock, config
         await process.close()
     assert sum(done) == 5
     assert len(await reminders(ctx)) == 10  # WeChat and SMS for each visit
-    stored = await ctx.storage.records.find({"reminded_at": {"$exists": True}}).to_list(None)
+    stored = await ctx.storage.db.records.find({"reminded_at": {"$exists": True}}).to_list(None)
     assert sorted(r["_id"] for r in stored) == ids

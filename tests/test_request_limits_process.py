@@ -158,7 +158,7 @@ def employee_session(env: dict, tmp_path) -> str:
         ctx = await build_context(Config(mongo_uri=env["MONGO_URI"], mongo_db=env["MONGO_DB"],
                                          redis_url=env["REDIS_URL"], secret_key=SECRET, data_dir=tmp_path / "ctx"))
         try:
-            await ctx.services.storage.bindings.insert_one({
+            await ctx.services.storage.db.bindings.insert_one({
                 "_id": "o-e", "type": "employee", "phone": "13800000002", "name": "李经理", "department": "市场部",
                 "subject_id": 1, "avatar": "", "created_at": time.time()})
             sid = await ctx.services.wechat_sessions.create({"openid": "o-e"})

@@ -34,7 +34,7 @@ async def run_until_done(*contexts, stagger: float = 0.0) -> list[int]:
     for _ in range(100):
         done = await asyncio.gather(*(run(n, c) for n, c in enumerate(contexts)))
         totals = [t + d for t, d in zip(totals, done)]
-        job = await contexts[0].storage.jobs.find_one({"_id": "retention"})
+        job = await contexts[0].storage.db.jobs.find_one({"_id": "retention"})
         if job and job.get("day") and not job.get("running"):
             return totals
     raise AssertionError("the retention run did not finish")
@@ -130,7 +130,7 @@ async def test_an_old_visit_is_anonymised_and_its_photos_passes_and_gate_log_are
     assert scan.json()["code"] in (-201, -204)
     await asyncio.sleep(0.6)
     assert [e for e in await ctx.pass_log.entries(rid) if e["code"] == 0] == []
-    stored = await ctx.storage.records.find_one({"_id": rid})
+    stored = await ctx.storage.db.records.find_one({"_id": rid})
     assert stored["tokens"] == [] and "retention_pending" not in stored
     assert await ctx.outbox.for_record(rid) == []  # its notifications named the phones
     # Nothing of it is found by the phone any more.
@@ -148,7 +148,7 @@ async def test_the_dashboard_still_counts_anonymised_visits(old_visit, ctx, cloc
     before, _ = await ctx.stats.days(7)
     clock.advance(200 * DAY)
     await run_until_done(ctx)
-    assert (await ctx.storage.records.find_one({"_id": signed["id"]}))["anonymized"] is True
+    assert (await ctx.storage.db.records.find_one({"_id": signed["id"]}))["anonymized"] is True
     browser = await admin_login()
     for page in ("/admin/records", f"/admin/records/{signed['id']}", "/admin/records.csv"):
         resp = await browser.fetch(page)
@@ -183,8 +183,8 @@ async def test_two_processes_anonymise_thousands_of_records_each_once_in_bounded
     old, recent = 2000, 50
     docs = [stored_record(i, now - 400 * DAY + i * 60, tokens=i % 100 == 0) for i in range(1, old + 1)]
     docs += [stored_record(old + i, now - 10 * DAY + i, tokens=False) for i in range(1, recent + 1)]
-    await ctx.storage.records.insert_many(docs)
-    await ctx.storage.counters.update_one({"_id": "records"}, {"$set": {"seq": old + recent}}, upsert=True)
+    await ctx.storage.db.records.insert_many(docs)
+    await ctx.storage.db.counters.update_one({"_id": "records"}, {"$set": {"seq": old + recent}}, upsert=True)
     process = await build_context(config, clock=clock)
     try:
         started = time.monotonic()
@@ -194,19 +194,19 @@ async def test_two_processes_anonymise_thousands_of_records_each_once_in_bounded
         await process.close()
     print(f"retention: {old} records anonymised in {seconds:.1f} s")
     assert sum(done) == old  # each record by one process only
-    assert await ctx.storage.records.count_documents({"anonymized": True}) == old
-    kept = await ctx.storage.records.find({"_id": {"$gt": old}}).to_list(None)
+    assert await ctx.storage.db.records.count_documents({"anonymized": True}) == old
+    kept = await ctx.storage.db.records.find({"_id": {"$gt": old}}).to_list(None)
     assert len(kept) == recent and not any(r.get("anonymized") for r in kept)
     assert kept[0]["name"] == f"访客{old + 1}"
     # The signed-in ones had their passes revoked, through the revocation jobs.
-    assert await ctx.storage.revocations.count_documents({"reason": "anonymized"}) == old // 100
+    assert await ctx.storage.db.revocations.count_documents({"reason": "anonymized"}) == old // 100
     assert await ctx.gate_cache.lookup("tok0000000000100aaaa") == {"r": 100, "c": -204}
     last = await ctx.retention.last_run()
     assert last["anonymized"] == old
-    job = await ctx.storage.jobs.find_one({"_id": "retention"})
+    job = await ctx.storage.db.jobs.find_one({"_id": "retention"})
     # The cursor stopped past the last old visit, before the kept ones.
     assert docs[old - 1]["end_time"] <= job["through"][0] < docs[old]["end_time"]
-    assert await ctx.storage.records.count_documents({"retention_pending": True}) == 0
+    assert await ctx.storage.db.records.count_documents({"retention_pending": True}) == 0
     assert seconds < 60
 
 
@@ -218,12 +218,12 @@ async def test_a_run_interrupted_after_masking_is_finished_by_the_next(old_visit
     with pytest.raises(RuntimeError):
         await ctx.retention.run()
     del ctx.retention._drop_tokens
-    stored = await ctx.storage.records.find_one({"_id": signed["id"]})
+    stored = await ctx.storage.db.records.find_one({"_id": signed["id"]})
     assert stored["anonymized"] and stored["retention_pending"] and stored["tokens"]
     scan = await anonymous.fetch("/v1/visit/qrcode", "POST", json={"qrcode": signed["qrcode"]}, key=GATE_KEY)
     assert scan.json()["code"] == -204
     await run_until_done(ctx)
-    stored = await ctx.storage.records.find_one({"_id": signed["id"]})
+    stored = await ctx.storage.db.records.find_one({"_id": signed["id"]})
     assert "retention_pending" not in stored and stored["tokens"] == []
     assert (await anonymous.fetch(signed["photo"])).status == 404
     assert (await ctx.retention.last_run())["anonymized"] == 1
@@ -237,15 +237,15 @@ async def fail(*args, **kwargs):
 async def test_bindings_unused_for_the_retention_period_are_removed(bind_visitor, bind_employee, ctx, clock):
     employee = await bind_employee("o-e1", "李经理", "13800000002", "市场部")
     visitor = await bind_visitor("o-v1", "13900000001")
-    avatar = (await ctx.storage.bindings.find_one({"_id": "o-e1"}))["avatar"]
+    avatar = (await ctx.storage.db.bindings.find_one({"_id": "o-e1"}))["avatar"]
     assert avatar and await ctx.images.get(avatar)
     clock.advance(100 * DAY)
     assert (await visitor.fetch("/v1/wechat/is_binding?weixinUserId=o-v1")).json()["code"] == 0  # a use
     clock.advance(100 * DAY)
     assert await ctx.retention.run() == 1
-    assert await ctx.storage.bindings.find_one({"_id": "o-e1"}) is None
+    assert await ctx.storage.db.bindings.find_one({"_id": "o-e1"}) is None
     assert await ctx.images.get(avatar) is None
-    assert await ctx.storage.bindings.find_one({"_id": "o-v1"}) is not None
+    assert await ctx.storage.db.bindings.find_one({"_id": "o-v1"}) is not None
     assert (await ctx.retention.last_run())["bindings_removed"] == 1
     gone = await employee.fetch("/v1/wechat/is_binding?weixinUserId=o-e1")
     assert gone.json()["code"] == 404
@@ -272,9 +272,9 @@ async def test_admin_settings_page_sets_retention_and_shows_the_last_run(admin_l
 async def test_processes_whose_leases_run_out_still_anonymise_each_record_once(ctx, config, clock):
     now = int(clock())
     count = 400
-    await ctx.storage.records.insert_many(
+    await ctx.storage.db.records.insert_many(
         [stored_record(i, now - 400 * DAY + i * 60, tokens=i % 20 == 0) for i in range(1, count + 1)])
-    await ctx.storage.counters.update_one({"_id": "records"}, {"$set": {"seq": count}}, upsert=True)
+    await ctx.storage.db.counters.update_one({"_id": "records"}, {"$set": {"seq": count}}, upsert=True)
     processes = [await build_context(config, clock=clock) for _ in range(2)]
     others = [process.services for process in processes]
     try:
@@ -286,6 +286,6 @@ async def test_processes_whose_leases_run_out_still_anonymise_each_record_once(c
             await process.close()
     assert sum(done) == count
     assert len([d for d in done if d]) > 1, done  # they did work side by side
-    assert await ctx.storage.records.count_documents({"anonymized": True}) == count
-    assert await ctx.storage.revocations.count_documents({"reason": "anonymized"}) == count // 20
+    assert await ctx.storage.db.records.count_documents({"anonymized": True}) == count
+    assert await ctx.storage.db.revocations.count_documents({"reason": "anonymized"}) == count // 20
     assert (await ctx.retention.last_run())["anonymized"] == count

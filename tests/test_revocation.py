@@ -101,8 +101,8 @@ async def test_a_deletion_while_redis_takes_no_writes_closes_every_process_gate(
 
     # What the deletion leaves to do is done: Koala subjects, notifications, the record itself.
     assert await until(lambda: fakes.koala.visitors() == [], 10)
-    assert await ctx.storage.outbox.count_documents({"record_id": rid, "status": "pending"}) == 0
-    assert await ctx.storage.records.count_documents({"_id": rid}) == 0
+    assert await ctx.storage.db.outbox.count_documents({"record_id": rid, "status": "pending"}) == 0
+    assert await ctx.storage.db.records.count_documents({"_id": rid}) == 0
     assert (await anonymous.fetch("/v1/visit/records?type=web", key=ADMIN_KEY)).json()["data"] == []
     # Redis caught up, so a process started now refuses the passes from Redis alone.
     for qrcode in codes:
@@ -148,14 +148,14 @@ async def test_a_revocation_interrupted_after_its_commit_is_finished_by_the_swee
     codes = await passes(anonymous)
     assert (await scan(anonymous, codes[0]))["code"] == 0
     # The process died right after committing the deletion: nothing else was done.
-    await ctx.storage.records.update_one({"_id": rid}, {"$set": {
+    await ctx.storage.db.records.update_one({"_id": rid}, {"$set": {
         "revoked": {"reason": "deleted", "code": -204, "at": clock()}, "revoke_pending": True}})
     ctx.near._drop([f"qr:{json.loads(codes[0])['qrcode']}"])
     assert await ctx.revocations.sweep() == 1
     assert await ctx.visits.finish_deletions() == 1
     for qrcode in codes:
         assert (await scan(anonymous, qrcode))["code"] == -204
-    assert await ctx.storage.records.count_documents({"_id": rid}) == 0
+    assert await ctx.storage.db.records.count_documents({"_id": rid}) == 0
     assert fakes.koala.visitors() == []
     assert await ctx.revocations.sweep() == 0
 
@@ -164,10 +164,10 @@ async def test_a_revocation_interrupted_after_its_commit_is_finished_by_the_swee
 async def test_revocations_expire_by_a_ttl_index_on_a_date(journey, anonymous, ctx):
     rid = await journey()
     await anonymous.fetch(f"/v1/visit/records/{rid}", "DELETE", key=ADMIN_KEY)
-    job = await ctx.storage.revocations.find_one({"_id": rid})
+    job = await ctx.storage.db.revocations.find_one({"_id": rid})
     assert isinstance(job["expires_at"], datetime.datetime)
     assert job["expires_at"].timestamp() > time.time() + 80 * 86400
-    indexes = await ctx.storage.revocations.index_information()
+    indexes = await ctx.storage.db.revocations.index_information()
     assert indexes["expire"]["expireAfterSeconds"] == 0
 
 

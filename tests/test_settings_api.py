@@ -36,7 +36,7 @@ async def test_saved_servers_read_back_with_the_password_masked(anonymous):
 @pytest.mark.gen_test
 async def test_koala_password_is_encrypted_at_rest(anonymous, ctx):
     await anonymous.fetch("/v1/config/servers", "PUT", json=SERVERS, key=ADMIN_KEY)
-    doc = await ctx.storage.settings.find_one({"_id": "servers"})
+    doc = await ctx.storage.db.settings.find_one({"_id": "servers"})
     assert "admin123456" not in repr(doc)
     assert SecretBox(ctx.config.secret_key).decrypt(doc["koala_password_enc"]) == "admin123456"
     with pytest.raises(ValueError):

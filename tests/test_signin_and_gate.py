@@ -49,7 +49,7 @@ async def test_signin_with_a_retinue_phone_writes_everyone_into_koala(approved_v
     assert data["id"] == rid and data["name"] == "张三" and data["signin_time"] > 0
     visitors = {v["phone"]: v for v in fakes.koala.visitors()}
     assert set(visitors) == {"13900000001", "13700000011", "13700000012"}
-    record = await ctx.storage.records.find_one({"_id": rid})
+    record = await ctx.storage.db.records.find_one({"_id": rid})
     for person in [data, *data["retinues"]]:
         koala = visitors[person["phone"]]
         assert person["subject_id"] == koala["id"]
@@ -68,10 +68,10 @@ async def test_signin_notifies_visitor_and_employee_once(approved_visit, anonymo
     rid = await approved_visit()
     await signin(anonymous, "13900000001")
     await signin(anonymous, "13900000001")
-    ids = {d["_id"] for d in await ctx.storage.outbox.find({}).to_list(None)}
+    ids = {d["_id"] for d in await ctx.storage.db.outbox.find({}).to_list(None)}
     assert {f"signin_to_visitor:{rid}:wechat", f"signin_to_visitor:{rid}:sms",
             f"visitor_signin_to_employee:{rid}:wechat", f"visitor_signin_to_employee:{rid}:sms"} <= ids
-    assert await ctx.storage.outbox.count_documents({"event": {"$in": [
+    assert await ctx.storage.db.outbox.count_documents({"event": {"$in": [
         "signin_to_visitor", "visitor_signin_to_employee"]}}) == 4
 
 
@@ -103,9 +103,9 @@ async def test_koala_failing_midway_is_502_and_a_retry_reuses_what_was_created(a
     failed = await signin(anonymous, "13900000001")
     assert failed.status == 502
     assert "考拉" in failed.json()["err_msg"]
-    record = await ctx.storage.records.find_one({"_id": rid})
+    record = await ctx.storage.db.records.find_one({"_id": rid})
     assert record["signin_time"] == 0 and record["tokens"] == []
-    assert await ctx.storage.outbox.count_documents({"event": "signin_to_visitor"}) == 0
+    assert await ctx.storage.db.outbox.count_documents({"event": "signin_to_visitor"}) == 0
     fakes.koala.reset()
     ok = await signin(anonymous, "13900000001")
     assert ok.json()["code"] == 0
@@ -114,7 +114,7 @@ async def test_koala_failing_midway_is_502_and_a_retry_reuses_what_was_created(a
 
 async def koala_ids(ctx, rid) -> list[int]:
     """The Koala subject id recorded for each person of a record, the visitor first."""
-    record = await ctx.storage.records.find_one({"_id": rid})
+    record = await ctx.storage.db.records.find_one({"_id": rid})
     return [p["koala_id"] for p in [record, *record["retinues"]]]
 
 
@@ -241,7 +241,7 @@ async def test_a_subject_recorded_meanwhile_is_kept_and_the_surplus_one_removed(
     fakes.koala.delay = 0.3
     signing = asyncio.ensure_future(signin(anonymous, "13900000001"))
     await asyncio.sleep(0.15)  # the visitor's create is under way; another sign-in records a subject
-    await ctx.storage.records.update_one({"_id": rid}, {"$set": {"koala_id": recorded["id"]}})
+    await ctx.storage.db.records.update_one({"_id": rid}, {"$set": {"koala_id": recorded["id"]}})
     assert (await signing).json()["code"] == 0
     ids = await koala_ids(ctx, rid)
     assert ids[0] == recorded["id"]
@@ -365,7 +365,7 @@ async def test_deleting_while_koala_is_down_succeeds_and_koala_is_cleaned_later(
     fakes.koala.reset()
     assert await ctx.visits.remove_koala_subjects() == 3
     assert fakes.koala.visitors() == []
-    assert await ctx.storage.koala_cleanup.count_documents({}) == 0
+    assert await ctx.storage.db.koala_cleanup.count_documents({}) == 0
 
 
 @pytest.mark.gen_test
@@ -493,7 +493,7 @@ async def test_a_busy_gate_writes_one_log_bucket_per_interval_and_loses_nothing_
         recorded += 1
         await asyncio.sleep(0.002)
     await log.close()
-    buckets = await ctx.storage.passes.find({}).to_list(None)
+    buckets = await ctx.storage.db.passes.find({}).to_list(None)
     assert sum(b["count"] for b in buckets) == recorded
     # Scans made while a bucket is being written wait for the next interval instead of being
     # written straight after it: about one bucket per 0.2 s, not a stream of small inserts.
@@ -509,7 +509,7 @@ async def test_decisions_made_while_the_gate_log_writes_are_written_without_anot
     log.record({"time": ctx.clock(), "code": -203, "gate": "东门", "record_id": 1, "person": 1})
     # The gate goes quiet: no further scan comes to start another write.
     assert await until(lambda: log._task.done(), seconds=5)
-    buckets = await ctx.storage.passes.find({}).to_list(None)
+    buckets = await ctx.storage.db.passes.find({}).to_list(None)
     assert [e["code"] for b in buckets for e in b["entries"]] == [0, -203]
     await log.close()
 
@@ -517,10 +517,10 @@ async def test_decisions_made_while_the_gate_log_writes_are_written_without_anot
 @pytest.mark.gen_test
 async def test_gate_log_buckets_of_an_earlier_version_are_found_by_record_after_an_upgrade(ctx):
     entry = {"time": ctx.clock(), "code": 0, "gate": "东门", "record_id": 7, "person": 0}
-    await ctx.storage.passes.insert_one({"time": entry["time"], "until": entry["time"], "count": 1,
+    await ctx.storage.db.passes.insert_one({"time": entry["time"], "until": entry["time"], "count": 1,
                                          "entries": [entry]})  # as written before record_ids
-    await ctx.storage.passes.create_index([("entries.record_id", 1), ("time", -1)], name="record")
+    await ctx.storage.db.passes.create_index([("entries.record_id", 1), ("time", -1)], name="record")
     await ctx.pass_log.upgrade()
     assert [e["gate"] for e in await ctx.pass_log.entries(record_id=7)] == ["东门"]
-    assert "record" not in await ctx.storage.passes.index_information()
+    assert "record" not in await ctx.storage.db.passes.index_information()
     await ctx.pass_log.upgrade()  # nothing left to do

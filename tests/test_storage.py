@@ -27,7 +27,7 @@ async def assert_indexed(collection, query, sort=None):
 @pytest.mark.gen_test
 async def test_every_records_query_is_served_by_an_index(ctx):
     visits = ctx.visits
-    await ctx.storage.records.insert_many([{"_id": i, "start_time": i, "end_time": i + 10} for i in range(1, 30)])
+    await ctx.storage.db.records.insert_many([{"_id": i, "start_time": i, "end_time": i + 10} for i in range(1, 30)])
     queries = [
         visits.filters({}),
         visits.filters({"end_time": 100}),
@@ -41,27 +41,27 @@ async def test_every_records_query_is_served_by_an_index(ctx):
         visits.filters({"name": "张三"}),
         visits.filters({"interviewee": "经理", "end_time": 100}),
     ]
-    await ctx.storage.counters.insert_one({"_id": "longest_visit", "seconds": 7200})
+    await ctx.storage.db.counters.insert_one({"_id": "longest_visit", "seconds": 7200})
     for query in queries:
-        await assert_indexed(ctx.storage.records, await visits.index_query(query), SORT)
-    await assert_indexed(ctx.storage.records, {"phones": "13900000001", "start_time": {"$lt": 100}})
-    await assert_indexed(ctx.storage.records, {"tokens": "abc"})
-    await assert_indexed(ctx.storage.records, {"pending_events": {"$in": list(EVENTS)}})
+        await assert_indexed(ctx.storage.db.records, await visits.index_query(query), SORT)
+    await assert_indexed(ctx.storage.db.records, {"phones": "13900000001", "start_time": {"$lt": 100}})
+    await assert_indexed(ctx.storage.db.records, {"tokens": "abc"})
+    await assert_indexed(ctx.storage.db.records, {"pending_events": {"$in": list(EVENTS)}})
 
 
 @pytest.mark.gen_test
 async def test_the_other_collections_are_queried_by_index(ctx):
-    await assert_indexed(ctx.storage.bindings, {"type": "employee", "phone": "13800000002"})
-    await assert_indexed(ctx.storage.api_keys, {"key_hash": "0" * 64})
-    await assert_indexed(ctx.storage.outbox, {"record_id": 1, "status": "pending"})
-    await assert_indexed(ctx.storage.passes, {"record_ids": 1}, [("time", -1)])
+    await assert_indexed(ctx.storage.db.bindings, {"type": "employee", "phone": "13800000002"})
+    await assert_indexed(ctx.storage.db.api_keys, {"key_hash": "0" * 64})
+    await assert_indexed(ctx.storage.db.outbox, {"record_id": 1, "status": "pending"})
+    await assert_indexed(ctx.storage.db.passes, {"record_ids": 1}, [("time", -1)])
     day = {"$gte": 1000, "$lt": 87400, "$lte": 5000}  # PassLog.search: one day before a cursor
-    await assert_indexed(ctx.storage.passes, {"time": day}, [("time", -1)])
-    await assert_indexed(ctx.storage.passes, {"record_ids": 1, "time": day}, [("time", -1)])
+    await assert_indexed(ctx.storage.db.passes, {"time": day}, [("time", -1)])
+    await assert_indexed(ctx.storage.db.passes, {"record_ids": 1, "time": day}, [("time", -1)])
     for status in ("pending", "sending"):
-        await assert_indexed(ctx.storage.outbox, {"status": status, "due_at": {"$lte": 1e10}}, [("due_at", 1)])
-    await assert_indexed(ctx.storage.outbox, {}, [("created_at", -1)])
-    await assert_indexed(ctx.storage.outbox, {"status": "failed"}, [("created_at", -1)])
+        await assert_indexed(ctx.storage.db.outbox, {"status": status, "due_at": {"$lte": 1e10}}, [("due_at", 1)])
+    await assert_indexed(ctx.storage.db.outbox, {}, [("created_at", -1)])
+    await assert_indexed(ctx.storage.db.outbox, {"status": "failed"}, [("created_at", -1)])
 
 
 @pytest.mark.gen_test
@@ -79,25 +79,25 @@ async def test_the_first_ids_asked_for_at_once_are_all_given_and_distinct(ctx):
 @pytest.mark.gen_test
 async def test_a_crash_between_a_change_and_its_outbox_entries_is_repaired(ctx, clock):
     # A record whose state change was stored with its event, but the process died before the entries.
-    await ctx.storage.records.insert_one({
+    await ctx.storage.db.records.insert_one({
         "_id": 7, "phone": "13900000001", "interviewee_phone": "13800000002", "start_time": 1, "end_time": 2,
         "pending_events": ["approval_pass_to_visitor"],
     })
     assert await ctx.outbox.sweep() == 1
-    assert [d["_id"] for d in await ctx.storage.outbox.find({}).to_list(None)] == ["approval_pass_to_visitor:7:sms"]
-    assert (await ctx.storage.records.find_one({"_id": 7}))["pending_events"] == []
+    assert [d["_id"] for d in await ctx.storage.db.outbox.find({}).to_list(None)] == ["approval_pass_to_visitor:7:sms"]
+    assert (await ctx.storage.db.records.find_one({"_id": 7}))["pending_events"] == []
     assert await ctx.outbox.sweep() == 0
 
 
 @pytest.mark.gen_test
 async def test_the_longest_visit_is_worked_out_from_records_stored_without_it(ctx):
-    await ctx.storage.records.insert_many([
+    await ctx.storage.db.records.insert_many([
         {"_id": 1, "start_time": 100, "end_time": 400}, {"_id": 2, "start_time": 1000, "end_time": 1100}])
     await ctx.visits.ensure_longest_visit()
-    assert (await ctx.storage.counters.find_one({"_id": "longest_visit"}))["seconds"] == 300
-    await ctx.storage.records.insert_one({"_id": 3, "start_time": 0, "end_time": 5000})
+    assert (await ctx.storage.db.counters.find_one({"_id": "longest_visit"}))["seconds"] == 300
+    await ctx.storage.db.records.insert_one({"_id": 3, "start_time": 0, "end_time": 5000})
     await ctx.visits.ensure_longest_visit()  # recorded already: applications keep it current
-    assert (await ctx.storage.counters.find_one({"_id": "longest_visit"}))["seconds"] == 300
+    assert (await ctx.storage.db.counters.find_one({"_id": "longest_visit"}))["seconds"] == 300
 
 
 @pytest.mark.gen_test
@@ -123,10 +123,10 @@ async def test_redis_commands_sent_together_do_not_queue_for_their_connections(c
 
 @pytest.mark.gen_test
 async def test_a_conditional_update_by_id_reads_one_record_not_the_collection(ctx):
-    await ctx.storage.records.insert_many([{"_id": i, "status": "approved"} for i in range(1, 2001)])
-    plan = await ctx.storage.records.find({"_id": 1500, "status": "approved"}).explain()
+    await ctx.storage.db.records.insert_many([{"_id": i, "status": "approved"} for i in range(1, 2001)])
+    plan = await ctx.storage.records.cursor({"_id": 1500, "status": "approved"}).explain()
     assert plan["executionStats"]["totalDocsExamined"] == 1, plan["executionStats"]
     updated = await ctx.storage.records.find_one_and_update(
-        {"_id": 1500, "status": "approved"}, {"$set": {"status": "declined"}}, return_document=True)
+        {"_id": 1500, "status": "approved"}, {"$set": {"status": "declined"}}, return_new=True)
     assert updated["status"] == "declined"
-    assert (await ctx.storage.records.update_one({"_id": 1500, "status": "approved"}, {"$set": {"x": 1}})).matched_count == 0
+    assert (await ctx.storage.records.update_one({"_id": 1500, "status": "approved"}, {"$set": {"x": 1}})).matched == 0

@@ -20,7 +20,7 @@ def application(visitor_phone, start, end, *, interviewee="李经理", interview
 
 
 async def outbox(ctx):
-    return sorted(doc["_id"] for doc in await ctx.storage.outbox.find({}).to_list(None))
+    return sorted(doc["_id"] for doc in await ctx.storage.db.outbox.find({}).to_list(None))
 
 
 @pytest.mark.gen_test
@@ -42,7 +42,7 @@ async def test_visitor_applies_with_two_retinues_and_the_employee_is_reminded(pe
     rid = data["id"]
     assert await outbox(ctx) == [f"approval_reminder_to_employee:{rid}:sms",
                                  f"approval_reminder_to_employee:{rid}:wechat"]
-    wechat = await ctx.storage.outbox.find_one({"_id": f"approval_reminder_to_employee:{rid}:wechat"})
+    wechat = await ctx.storage.db.outbox.find_one({"_id": f"approval_reminder_to_employee:{rid}:wechat"})
     assert wechat["to"] == "o-e1" and wechat["status"] == "pending"
 
 
@@ -65,7 +65,7 @@ async def test_an_unknown_interviewee_is_404_and_nothing_is_stored(bind_visitor,
         "13900000001", now + HOUR, now + 2 * HOUR, interviewee="无此人", interviewee_phone="13800009999"))
     assert resp.status == 404
     assert "被访员工" in resp.json()["err_msg"]
-    assert await ctx.storage.records.count_documents({}) == 0
+    assert await ctx.storage.db.records.count_documents({}) == 0
 
 
 @pytest.mark.parametrize("field", ["proposer", "phone"])
@@ -89,7 +89,7 @@ async def test_an_employee_invitation_starts_authorized_and_tells_the_visitor(pe
     assert data["is_auth"] == 1 and data["proposer"] == "13800000002"
     assert await outbox(ctx) == [f"approval_pass_to_visitor:{data['id']}:sms",
                                  f"approval_pass_to_visitor:{data['id']}:wechat"]
-    assert (await ctx.storage.outbox.find_one({"channel": "wechat"}))["to"] == "o-v1"
+    assert (await ctx.storage.db.outbox.find_one({"channel": "wechat"}))["to"] == "o-v1"
 
 
 @pytest.mark.gen_test
@@ -155,7 +155,7 @@ async def test_bad_applications_are_400_and_store_nothing(people, clock, ctx, ch
     resp = await visitor.fetch("/v1/subject", "POST", json=body)
     assert resp.status == 400, resp
     assert fragment in resp.json()["err_msg"]
-    assert await ctx.storage.records.count_documents({}) == 0
+    assert await ctx.storage.db.records.count_documents({}) == 0
 
 
 # --- lists --------------------------------------------------------------------------------
@@ -287,7 +287,7 @@ async def test_the_interviewee_authorizes_once_and_the_visitor_is_told_once(peop
     assert record["is_auth"] == 1
     passes = [e for e in await outbox(ctx) if e.startswith("approval_pass_to_visitor")]
     assert passes == [f"approval_pass_to_visitor:{rid}:sms", f"approval_pass_to_visitor:{rid}:wechat"]
-    assert (await ctx.storage.records.find_one({"_id": rid}))["pending_events"] == []
+    assert (await ctx.storage.db.records.find_one({"_id": rid}))["pending_events"] == []
 
 
 @pytest.mark.gen_test
@@ -299,7 +299,7 @@ async def test_only_the_interviewee_may_authorize(people, bind_employee, clock, 
         "13900000001", now + HOUR, now + 2 * HOUR))).json()["data"]["id"]
     resp = await other.fetch(f"/v1/auth/{rid}", "PUT")
     assert resp.status == 403
-    assert (await ctx.storage.records.find_one({"_id": rid}))["is_auth"] == 0
+    assert (await ctx.storage.db.records.find_one({"_id": rid}))["is_auth"] == 0
     assert (await other.fetch("/v1/auth/99999", "PUT")).status == 404
 
 

@@ -16,8 +16,8 @@ def test_writes_use_the_write_concern_of_mongo_uri_or_wait_for_the_journal(datab
     storage = Storage(uri.rstrip("?&"), "write_concern_test")
     try:
         assert storage.db.write_concern.document == expected
-        assert storage.records.write_concern.document == expected
-        assert storage.counters.write_concern.document == expected
+        assert storage.db.records.write_concern.document == expected
+        assert storage.db.counters.write_concern.document == expected
     finally:
         storage.close()
 
@@ -25,6 +25,6 @@ def test_writes_use_the_write_concern_of_mongo_uri_or_wait_for_the_journal(datab
 @pytest.mark.gen_test
 async def test_a_journaled_write_is_acknowledged_by_the_embedded_server(ctx):
     """SecantusDB accepts j: true on inserts and on the id counter's find-and-modify."""
-    await ctx.storage.records.insert_one({"_id": 1})
+    await ctx.storage.db.records.insert_one({"_id": 1})
     assert await ctx.storage.next_id("records") == 1
-    assert ctx.storage.counters.write_concern.document == {"j": True}
+    assert ctx.storage.db.counters.write_concern.document == {"j": True}

@@ -16,7 +16,7 @@ from . import security
 from .errors import ApiError, bad_request, conflict, not_found
 from .limits import Limit, RateLimiter
 from .nearcache import NearCache
-from .storage import DuplicateKeyError, ReturnDocument, Storage
+from .storage import ASCENDING, DESCENDING, DuplicateKeyError, Storage
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class ApiKeys:
                         "created_at": self.clock(),
                     },
                 },
-                upsert=True, return_document=ReturnDocument.AFTER,
+                upsert=True, return_new=True,
             )
             if doc["revoked_at"]:
                 log.warning("API key %r from API_KEYS was revoked in /admin and stays revoked; "
@@ -127,8 +127,7 @@ class ApiKeys:
 
     async def list(self) -> list[dict]:
         """All keys, newest first, without their hashes."""
-        cursor = self.storage.api_keys.find({}, {"key_hash": 0}).sort("created_at", -1)
-        return await cursor.to_list(None)
+        return await self.storage.api_keys.find({}, {"key_hash": 0}, sort=[("created_at", DESCENDING)])
 
     def authenticate_now(self, key: str, also: list[str] = ()) -> tuple[Principal, dict] | None:
         """What authenticate() answers, from this process's near cache alone, without waiting:
@@ -201,7 +200,7 @@ class Admins:
         """Create the first admin from ADMIN_USERNAME/ADMIN_PASSWORD when there is none yet."""
         if not (username and password):
             return False
-        if await self.storage.admins.count_documents({}, limit=1):
+        if await self.storage.admins.count({}, limit=1):
             return False
         try:
             await self.create(username, password)
@@ -222,13 +221,13 @@ class Admins:
 
     async def list(self) -> list[dict]:
         """Every admin user (without the password hash), oldest first."""
-        return await self.storage.admins.find({}, {"password_hash": 0}).sort("created_at", 1).to_list(None)
+        return await self.storage.admins.find({}, {"password_hash": 0}, sort=[("created_at", ASCENDING)])
 
     async def set_password(self, username: str, password: str) -> bool:
         """Change an admin's password."""
         password_hash = await self._run(security.hash_password, password)
         result = await self.storage.admins.update_one({"_id": username}, {"$set": {"password_hash": password_hash}})
-        return result.matched_count == 1
+        return result.matched == 1
 
     async def verify(self, username: str, password: str) -> bool:
         """Whether the password is right; as slow for unknown names as for known ones."""

@@ -9,7 +9,7 @@ from .codes import VerificationCodes
 from .errors import ApiError, conflict
 from .images import Images
 from .koala import KoalaClient, KoalaError, find_employee
-from .storage import BY_ID, DuplicateKeyError, Storage
+from .storage import DuplicateKeyError, Storage
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ class Bindings:
     async def by_phone(self, kind: str, phone: str) -> dict | None:
         """The binding of `kind` for a phone, or None."""
         return await self.storage.bindings.find_one({"type": kind, "phone": phone})
+
+    async def avatars_among(self, names: list[str]) -> set[str]:
+        """Which of these image names are the avatar of a binding (the image sweep asks)."""
+        found = await self.storage.bindings.find({"avatar": {"$in": names}}, {"avatar": 1})
+        return {doc["avatar"] for doc in found}
 
     async def _existing_or_check(self, openid: str, kind: str, phone: str, code: str | None) -> dict | None:
         """The same binding if it exists already; else None once the user and phone are free and the
@@ -124,9 +129,8 @@ class Bindings:
     async def remove_unused(self, before: float, limit: int) -> int:
         """Remove up to `limit` bindings last used before `before` (one used meanwhile stays); how many."""
         removed = 0
-        for doc in await self.storage.bindings.find({"last_used_at": {"$lt": before}}, {"_id": 1}).to_list(limit):
-            gone = await self.storage.bindings.find_one_and_delete(
-                {"_id": doc["_id"], "last_used_at": {"$lt": before}}, hint=BY_ID)
+        for doc in await self.storage.bindings.find({"last_used_at": {"$lt": before}}, {"_id": 1}, limit=limit):
+            gone = await self.storage.bindings.find_one_and_delete({"_id": doc["_id"], "last_used_at": {"$lt": before}})
             if gone is not None:
                 removed += 1
                 if gone["type"] == "employee":

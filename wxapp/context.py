@@ -179,17 +179,18 @@ async def build_services(clients: Clients) -> Services:
         return (await system_settings.templates())["verify_code_sms_id"]
 
     codes = VerificationCodes(redis, sms, code_template, clock, config.tz)
+    bindings = Bindings(storage, koala, images, codes, wechat_users, clock)
     # The outbox rings when it writes, the delivery worker answers: one event between them.
     outbox_written = asyncio.Event()
-    outbox = Outbox(storage, clock, on_write=outbox_written.set)
+    outbox = Outbox(storage, bindings, clock, on_write=outbox_written.set)
     wechat = WeChatApi(config, executor, clients.sync_redis)
-    delivery = DeliveryWorker(storage, system_settings, wechat, sms, clock, config.tz, wakeup=outbox_written)
     near = NearCache(redis)
     revocations = Revocations(storage, redis, near, clock)
     gate_cache = GateCache(storage, redis, clock, near, revocations.refusal)
-    visits = Visits(storage, redis, koala, images, outbox, gate_cache, revocations, system_settings, clock,
-                    config.tz)
-    bindings = Bindings(storage, koala, images, codes, wechat_users, clock)
+    visits = Visits(storage, redis, koala, images, outbox, bindings, gate_cache, revocations, system_settings,
+                    clock, config.tz)
+    delivery = DeliveryWorker(outbox, visits, system_settings, wechat, sms, clock, config.tz,
+                              wakeup=outbox_written)
     pass_log = PassLog(storage)
     services = Services(
         clients=clients,
@@ -217,7 +218,7 @@ async def build_services(clients: Clients) -> Services:
         wechat=wechat,
         delivery=delivery,
         near=near,
-        stats=Stats(storage, visits, clock, config.tz),
+        stats=Stats(visits, pass_log, clock, config.tz),
         reminders=Reminders(storage, system_settings, outbox, clock, config.tz),
         retention=Retention(storage, system_settings, revocations, images, pass_log, outbox, bindings, clock,
                             config.tz),

@@ -19,13 +19,14 @@ import logging
 from typing import Callable
 from zoneinfo import ZoneInfo
 
+from .errors import ApiError
 from .events import CHANNELS
+from .outbox import Outbox
 from .privacy import mask_phone
 from .security import new_token
 from .sms import SmsError, SmsSender
-from .storage import ReturnDocument, Storage
 from .system_settings import SystemSettings
-from .visits import PURPOSES
+from .visits import PURPOSES, Visits
 from .wechat import WeChatApi, WeChatSendError
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,11 @@ def sms_params(event: str, values: dict, url: str) -> dict:
 class DeliveryWorker:
     """Claims due outbox entries and sends them; several may run in several processes."""
 
-    def __init__(self, storage: Storage, settings: SystemSettings, wechat: WeChatApi, sms: SmsSender,
-                 clock: Callable[[], float], tz: ZoneInfo, *, lease: float = 15.0, retry_base: float = 5.0,
-                 poll: float = 1.0, wakeup: asyncio.Event | None = None):
-        self.storage = storage
+    def __init__(self, outbox: Outbox, visits: Visits, settings: SystemSettings, wechat: WeChatApi,
+                 sms: SmsSender, clock: Callable[[], float], tz: ZoneInfo, *, lease: float = 15.0,
+                 retry_base: float = 5.0, poll: float = 1.0, wakeup: asyncio.Event | None = None):
+        self.outbox = outbox
+        self.visits = visits
         self.settings = settings
         self.wechat = wechat
         self.sms = sms
@@ -133,22 +135,7 @@ class DeliveryWorker:
     async def claim(self, channel: str | None = None) -> dict | None:
         """Take one due entry (of `channel`, or any) for this worker: a new one, or one whose sender's
         lease ran out; never one this process is sending. None when nothing is due."""
-        now = self.clock()
-        query: dict = {"due_at": {"$lte": now}}
-        if channel is not None:
-            query["channel"] = channel
-        if self._in_flight:
-            query["_id"] = {"$nin": sorted(self._in_flight)}
-        for status in ("pending", "sending"):
-            entry = await self.storage.outbox.find_one_and_update(
-                {**query, "status": status},
-                {"$set": {"status": "sending", "due_at": now + self.lease, "lease_owner": self.owner},
-                 "$inc": {"attempts": 1}},
-                sort=[("due_at", 1)], return_document=ReturnDocument.AFTER,
-            )
-            if entry is not None:
-                return entry
-        return None
+        return await self.outbox.claim(self.owner, self.lease, channel=channel, busy=self._in_flight)
 
     async def run_once(self) -> int:
         """Deliver everything due now, the channels side by side; returns how many entries were handled."""
@@ -221,9 +208,7 @@ class DeliveryWorker:
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
-                await self.storage.outbox.update_one(
-                    {"_id": entry_id, "status": "sending", "lease_owner": self.owner},
-                    {"$set": {"due_at": self.clock() + self.lease}})
+                await self.outbox.renew(entry_id, self.owner, self.lease)
             except Exception as exc:  # the database may be briefly away; the next renewal may pass
                 log.warning("lease of notification %s not renewed: %s", entry_id, exc)
 
@@ -232,8 +217,7 @@ class DeliveryWorker:
         # the lease is held; should it still fail, `_sent` keeps this process from sending again.
         for pause in (0.2, 1.0, 3.0, None):
             try:
-                await self.storage.outbox.update_one({"_id": entry["_id"], "lease_owner": self.owner},
-                                                     {"$set": fields})
+                await self.outbox.record_outcome(entry["_id"], self.owner, fields)
                 return
             except Exception:
                 if pause is None:
@@ -242,8 +226,9 @@ class DeliveryWorker:
                 await asyncio.sleep(pause)
 
     async def _send(self, entry: dict) -> str:
-        record = await self.storage.records.find_one({"_id": entry["record_id"]})
-        if record is None or (record.get("revoked") or {}).get("reason") == "deleted":
+        try:
+            record = await self.visits.get(entry["record_id"])
+        except ApiError:  # the record is gone, or being deleted
             return "cancelled"
         event, channel = entry["event"], entry["channel"]
         templates = await self.settings.templates()

@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import re
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from .nearcache import NearCache
 from .storage import Storage
@@ -188,10 +188,9 @@ class PassLog:
     async def upgrade(self) -> None:
         """Bring buckets written before `record_ids` existed up to date, once: they were indexed by
         `entries.record_id`; that index goes when they are done."""
-        indexes = await self.storage.passes.index_information()
-        if "record" not in indexes:
+        if "record" not in await self.storage.passes.index_names():
             return
-        async for bucket in self.storage.passes.find({"record_ids": {"$exists": False}}, {"entries.record_id": 1}):
+        async for bucket in self.storage.passes.each({"record_ids": {"$exists": False}}, {"entries.record_id": 1}):
             ids = sorted({e["record_id"] for e in bucket["entries"] if e.get("record_id") is not None})
             await self.storage.passes.update_one({"_id": bucket["_id"]}, {"$set": {"record_ids": ids}})
         await self.storage.passes.drop_index("record")
@@ -224,7 +223,7 @@ class PassLog:
         removed = 0
         if not ids:
             return 0
-        async for bucket in self.storage.passes.find({"record_ids": {"$in": sorted(ids)}}):
+        async for bucket in self.storage.passes.each({"record_ids": {"$in": sorted(ids)}}):
             kept = [e for e in bucket["entries"] if e.get("record_id") not in ids]
             removed += len(bucket["entries"]) - len(kept)
             if kept:
@@ -234,6 +233,14 @@ class PassLog:
             else:
                 await self.storage.passes.delete_one({"_id": bucket["_id"]})
         return removed
+
+    async def during(self, start: float, end: float) -> AsyncIterator[dict]:
+        """Every decision made in [start, end), in no particular order (read bucket by bucket)."""
+        async for bucket in self.storage.passes.each({"time": {"$gte": start - BUCKET_SPAN, "$lt": end}},
+                                                     {"entries": 1}):
+            for entry in bucket["entries"]:
+                if start <= entry["time"] < end:
+                    yield entry
 
     async def entries(self, record_id: int | None = None, limit: int = 100) -> list[dict]:
         """The latest decisions, newest first, optionally of one record."""
@@ -256,7 +263,7 @@ class PassLog:
         query = {"time": times} if record_id is None else {"record_ids": record_id, "time": times}
         keep = limit + skip
         found: list[tuple] = []  # (time, bucket id, position, entry): a fixed order for equal times
-        async for bucket in self.storage.passes.find(query).sort("time", -1):
+        async for bucket in self.storage.passes.cursor(query).sort("time", -1):
             if len(found) >= keep and bucket["time"] + BUCKET_SPAN < found[keep - 1][0]:
                 break  # this bucket and every older one hold only older entries than those kept
             found += [(e["time"], bucket["_id"], n, e) for n, e in enumerate(bucket["entries"]) if wanted(e)]

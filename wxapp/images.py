@@ -7,7 +7,7 @@ from typing import Awaitable, Callable
 
 
 from .security import new_token
-from .storage import Storage
+from .storage import ASCENDING, Storage
 
 MAX_PHOTO_BYTES = 2 * 1024 * 1024
 # Seconds an image may wait for the record or binding that names it before the sweep removes it.
@@ -76,8 +76,8 @@ class Images:
         state = await self.storage.counters.find_one({"_id": _SWEEP})
         since = state["until"] if state else 0
         removed, names = 0, []
-        cursor = self.storage.images.find({"created_at": {"$gte": since, "$lt": cutoff}}, {"_id": 1})
-        async for doc in cursor.sort("created_at", 1).batch_size(batch):
+        async for doc in self.storage.images.each({"created_at": {"$gte": since, "$lt": cutoff}}, {"_id": 1},
+                                                  sort=[("created_at", ASCENDING)], batch_size=batch):
             names.append(doc["_id"])
             if len(names) == batch:
                 removed += await self._remove_unnamed(names, named)

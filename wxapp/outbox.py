@@ -7,12 +7,13 @@ clears them. `sweep` finishes the job for a process that died in between."""
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Iterable
 
+from .bindings import Bindings
 from .events import EVENTS
 from .paging import page_of
 from .errors import ApiError
-from .storage import DuplicateKeyError, ReturnDocument, Storage
+from .storage import ASCENDING, DuplicateKeyError, Storage
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,13 @@ BATCHED = {"approval_reminder_to_employee"}
 
 
 class Outbox:
-    """Writes outbox entries for records' pending events."""
+    """The outbox collection's one owner: writes entries for records' pending events, hands them to
+    the delivery worker (wxapp.delivery) and records what became of them."""
 
-    def __init__(self, storage: Storage, clock: Callable[[], float], *, on_write: Callable[[], None]):
+    def __init__(self, storage: Storage, bindings: Bindings, clock: Callable[[], float], *,
+                 on_write: Callable[[], None]):
         self.storage = storage
+        self.bindings = bindings
         self.clock = clock
         self.on_write = on_write  # called after entries become due, to wake the delivery worker
 
@@ -53,7 +57,7 @@ class Outbox:
         """(openid or "", phone) of the person an event is for."""
         kind = RECIPIENT[event]
         phone = record["phone"] if kind == "visitor" else record["interviewee_phone"]
-        binding = await self.storage.bindings.find_one({"type": kind, "phone": phone}, {"_id": 1})
+        binding = await self.bindings.by_phone(kind, phone)
         return (binding["_id"] if binding else ""), phone
 
     async def materialize(self, record_id: int) -> int:
@@ -103,13 +107,13 @@ class Outbox:
     async def list(self, status: str | None, page: int, size: int) -> tuple[list[dict], dict]:
         """One page of entries, newest first."""
         query = {"status": status} if status else {}
-        count = await self.storage.outbox.count_documents(query)
-        cursor = self.storage.outbox.find(query).sort("created_at", -1).skip((page - 1) * size).limit(size)
+        count = await self.storage.outbox.count(query)
+        cursor = self.storage.outbox.cursor(query).sort("created_at", -1).skip((page - 1) * size).limit(size)
         return await cursor.to_list(size), page_of(count, page, size)
 
     async def for_record(self, record_id: int) -> list[dict]:
         """A record's notifications, oldest first."""
-        entries = await self.storage.outbox.find({"record_id": record_id}).to_list(None)
+        entries = await self.storage.outbox.find({"record_id": record_id})
         return sorted(entries, key=lambda e: (e["created_at"], e["_id"]))
 
     async def retry(self, entry_id: str) -> dict:
@@ -118,7 +122,7 @@ class Outbox:
         entry = await self.storage.outbox.find_one_and_update(
             {"_id": entry_id, "status": {"$in": list(RETRYABLE)}},
             {"$set": {"status": "pending", "due_at": self.clock(), "attempts": 0, "last_error": ""}},
-            return_document=ReturnDocument.AFTER,
+            return_new=True,
         )
         if entry is not None:
             self.on_write()
@@ -131,20 +135,50 @@ class Outbox:
         """Cancel a record's notifications not sent yet; how many."""
         result = await self.storage.outbox.update_many(
             {"record_id": record_id, "status": "pending"}, {"$set": {"status": "cancelled"}})
-        return result.modified_count
+        return result.modified
 
     async def forget(self, record_ids: list[int]) -> int:
         """Delete the notifications of records whose personal data is no longer kept (each names its
         recipient's phone or openid); how many."""
         if not record_ids:
             return 0
-        result = await self.storage.outbox.delete_many({"record_id": {"$in": record_ids}})
-        return result.deleted_count
+        return await self.storage.outbox.delete_many({"record_id": {"$in": record_ids}})
+
+    # --- the delivery worker's side ----------------------------------------------------------------
+
+    async def claim(self, owner: str, lease: float, *, channel: str | None = None,
+                    busy: Iterable[str] = ()) -> dict | None:
+        """Take one due entry (of `channel`, or any; none of `busy`) for the sender `owner` by one atomic
+        update: a pending one, or one whose sender's lease ran out; it is `owner`'s for `lease`
+        seconds (`due_at` is the lease's end). The entry as claimed, or None when nothing is due."""
+        now = self.clock()
+        query: dict = {"due_at": {"$lte": now}}
+        if channel is not None:
+            query["channel"] = channel
+        if busy:
+            query["_id"] = {"$nin": sorted(busy)}
+        for status in ("pending", "sending"):
+            entry = await self.storage.outbox.find_one_and_update(
+                {**query, "status": status},
+                {"$set": {"status": "sending", "due_at": now + lease, "lease_owner": owner}, "$inc": {"attempts": 1}},
+                sort=[("due_at", ASCENDING)], return_new=True)
+            if entry is not None:
+                return entry
+        return None
+
+    async def renew(self, entry_id: str, owner: str, lease: float) -> None:
+        """Extend `owner`'s lease on an entry it is sending by `lease` seconds from now."""
+        await self.storage.outbox.update_one({"_id": entry_id, "status": "sending", "lease_owner": owner},
+                                             {"$set": {"due_at": self.clock() + lease}})
+
+    async def record_outcome(self, entry_id: str, owner: str, fields: dict) -> None:
+        """Record what became of a send (`status` and its details), if `owner` still holds the entry."""
+        await self.storage.outbox.update_one({"_id": entry_id, "lease_owner": owner}, {"$set": fields})
 
     async def sweep(self) -> int:
         """Materialize every record left with pending events (after a crash)."""
         total = 0
-        async for doc in self.storage.records.find({"pending_events": {"$in": list(EVENTS)}}, {"_id": 1}):
+        async for doc in self.storage.records.each({"pending_events": {"$in": list(EVENTS)}}, {"_id": 1}):
             total += await self.materialize(doc["_id"])
         if total:
             log.info("outbox sweep wrote %d notifications", total)

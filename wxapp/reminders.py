@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from . import lifecycle
 from .outbox import Outbox
-from .storage import BY_ID, Storage
+from .storage import Storage
 from .system_settings import SystemSettings
 from .visits import day_bounds
 
@@ -44,7 +44,7 @@ class Reminders:
         if now < moment:
             return 0
         day_start, day_end = day_bounds(today, self.tz)
-        due = self.storage.records.find(
+        due = self.storage.records.each(
             {"status": lifecycle.APPROVED, "start_time": {"$gte": day_start, "$lt": day_end}},
             {"end_time": 1, "create_time": 1, "reminded_at": 1})
         reminded = 0
@@ -53,7 +53,7 @@ class Reminders:
                 continue
             updated = await self.storage.records.find_one_and_update(
                 {"_id": record["_id"], "status": lifecycle.APPROVED, "reminded_at": {"$exists": False}},
-                {"$set": {"reminded_at": int(now)}, "$push": {"pending_events": EVENT}}, {"_id": 1}, hint=BY_ID)
+                {"$set": {"reminded_at": int(now)}, "$push": {"pending_events": EVENT}}, projection={"_id": 1})
             if updated is not None:
                 await self.outbox.materialize(record["_id"])
                 reminded += 1

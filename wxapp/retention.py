@@ -27,7 +27,7 @@ from .outbox import Outbox
 from .privacy import mask_phone
 from .revocation import Revocations
 from .security import new_token
-from .storage import BY_ID, Storage, UpdateOne
+from .storage import ASCENDING, Storage
 from .system_settings import SystemSettings
 from .visits import search_grams
 
@@ -111,7 +111,7 @@ class Retention:
         claimed = await self.storage.jobs.update_one(
             {"_id": JOB, "day": {"$ne": self._today()}, "lease_until": {"$lt": now}},
             {"$set": {"lease_until": now + self.lease, "owner": owner}})
-        if not claimed.modified_count:
+        if not claimed.modified:
             return 0
         try:
             return await self._work(owner)
@@ -165,7 +165,7 @@ class Retention:
     async def _renew(self, owner: str) -> bool:
         result = await self.storage.jobs.update_one(
             {"_id": JOB, "owner": owner}, {"$set": {"lease_until": self.clock() + self.lease}})
-        return result.matched_count == 1
+        return result.matched == 1
 
     async def _due(self, cutoff: float, owner: str) -> list[dict]:
         """The next batch of visits ended before `cutoff`, after the cursor, in the end-time index's order.
@@ -177,16 +177,16 @@ class Retention:
         if not end:
             end = await self._start()
         span = job.get("span") or DAY
-        order = [("end_time", 1), ("_id", 1)]
+        order = [("end_time", ASCENDING), ("_id", ASCENDING)]
         if end <= cutoff:  # the rest of the visits ending at the cursor's time
-            batch = await self.storage.records.find({"end_time": end, "_id": {"$gt": last_id}}, _FIELDS) \
-                .sort(order).limit(self.batch).to_list(self.batch)
+            batch = await self.storage.records.find({"end_time": end, "_id": {"$gt": last_id}}, _FIELDS,
+                                                    sort=order, limit=self.batch)
             if batch:
                 return batch
         while end < cutoff:
             until = min(cutoff, end + span)
-            batch = await self.storage.records.find({"end_time": {"$gt": end, "$lte": until}}, _FIELDS) \
-                .sort(order).limit(self.batch).to_list(self.batch)
+            batch = await self.storage.records.find({"end_time": {"$gt": end, "$lte": until}}, _FIELDS,
+                                                    sort=order, limit=self.batch)
             span = max(MIN_SPAN, span / 2) if len(batch) >= self.batch else min(MAX_SPAN, span * 2)
             if batch:
                 await self.storage.jobs.update_one({"_id": JOB, "owner": owner}, {"$set": {"span": span}})
@@ -202,8 +202,7 @@ class Retention:
         (record ids grow with time, and a visit ends after it is booked), found by id ranges."""
         top = (await self.storage.counters.find_one({"_id": "records"}) or {}).get("seq", 0)
         for low in range(0, top, 1000):
-            found = await self.storage.records.find({"_id": {"$gt": low, "$lte": low + 1000}},
-                                                    {"create_time": 1}).to_list(None)
+            found = await self.storage.records.find({"_id": {"$gt": low, "$lte": low + 1000}}, {"create_time": 1})
             if found:
                 return max(0, min(r.get("create_time", 0) for r in found) - DAY)
         return 0
@@ -224,10 +223,8 @@ class Retention:
         plain = [r for r in todo if not any(r.get("tokens") or [])]
         changed = 0
         if plain:
-            result = await self.storage.records.bulk_write(
-                [UpdateOne({"_id": r["_id"], **_OPEN}, {"$set": anonymised(r, now)}, hint=BY_ID) for r in plain],
-                ordered=False)
-            changed += result.modified_count
+            changed += await self.storage.records.bulk_update(
+                [({"_id": r["_id"], **_OPEN}, {"$set": anonymised(r, now)}) for r in plain])
         revoked = []
         for record in todo:
             if any(record.get("tokens") or []):
@@ -249,11 +246,10 @@ class Retention:
         revocation's sweep still needs them, and the next run tries again)."""
         await self.storage.records.update_one(
             {"_id": record_id, "retention_pending": True, "revoke_pending": {"$exists": False}},
-            {"$set": {"tokens": []}, "$unset": {"retention_pending": ""}}, hint=BY_ID)
+            {"$set": {"tokens": []}, "$unset": {"retention_pending": ""}})
 
     async def _finish_pending(self) -> None:
         """Finish records a crash left between masking and dropping their tokens."""
-        pending = await self.storage.records.find({"retention_pending": True}, {"_id": 1}) \
-            .limit(self.batch).to_list(self.batch)
+        pending = await self.storage.records.find({"retention_pending": True}, {"_id": 1}, limit=self.batch)
         for record in pending:
             await self._drop_tokens(record["_id"])

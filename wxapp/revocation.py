@@ -27,7 +27,7 @@ from typing import Callable
 from .errors import ApiError
 from .gate import NO_PERMISSION, cache_key
 from .nearcache import NearCache
-from .storage import ReturnDocument, Storage
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Revocations:
             else:
                 queries = [{"changed_at": {"$gte": self._since - SKEW}}]
             for query in queries:
-                async for job in self.storage.revocations.find(query, {"tokens": 1, "code": 1, "changed_at": 1,
+                async for job in self.storage.revocations.each(query, {"tokens": 1, "code": 1, "changed_at": 1,
                                                                         "redis_pending": 1}):
                     self._remember(job)
         except asyncio.CancelledError:
@@ -158,7 +158,7 @@ class Revocations:
         update["$set"] = {**update.get("$set", {}),
                           "revoked": {"reason": reason, "code": code, "at": now}, "revoke_pending": True}
         record = await self.storage.records.find_one_and_update(
-            {"_id": record_id, **(condition or {})}, update, return_document=ReturnDocument.AFTER)
+            {"_id": record_id, **(condition or {})}, update, return_new=True)
         if record is None:
             return None
         committed = time.monotonic()
@@ -214,9 +214,9 @@ class Revocations:
     async def sweep(self) -> int:
         """Finish revocations a failure left half done: jobs never written, Redis not updated."""
         done = 0
-        async for record in self.storage.records.find({"revoke_pending": True}):
+        async for record in self.storage.records.each({"revoke_pending": True}):
             done += await self.settle(record)
-        async for job in self.storage.revocations.find({"redis_pending": True}):
+        async for job in self.storage.revocations.each({"redis_pending": True}):
             done += await self._to_redis(job)
         return done
 
@@ -229,9 +229,9 @@ class Revocations:
 
     async def upgrade(self) -> None:
         """Turn the tokens of records deleted before revocations existed into revocation jobs, once."""
-        legacy = self.storage.db["revoked_tokens"]
+        legacy = self.storage.revoked_tokens
         by_record: dict[int, list[str]] = {}
-        async for doc in legacy.find({}):
+        async for doc in legacy.each({}):
             by_record.setdefault(doc["record_id"], []).append(doc["_id"])
         if not by_record:
             return

@@ -7,8 +7,7 @@ from typing import Callable
 from zoneinfo import ZoneInfo
 
 from . import lifecycle
-from .gate import BUCKET_SPAN
-from .storage import Storage
+from .gate import PassLog
 from .visits import Visits, day_bounds
 
 _FIELDS = {"start_time": 1, "end_time": 1, "signin_time": 1, "is_auth": 1, "status": 1, "retinues.name": 1}
@@ -35,9 +34,9 @@ class Today(Day):
 class Stats:
     """Counts read from the records and the gate log (both indexed by time)."""
 
-    def __init__(self, storage: Storage, visits: Visits, clock: Callable[[], float], tz: ZoneInfo):
-        self.storage = storage
+    def __init__(self, visits: Visits, pass_log: PassLog, clock: Callable[[], float], tz: ZoneInfo):
         self.visits = visits
+        self.pass_log = pass_log
         self.clock = clock
         self.tz = tz
 
@@ -68,17 +67,16 @@ class Stats:
                     day.people_signed_in += people
         passed: list[set] = [set() for _ in starts]
         last_scan: dict[tuple, tuple[float, str]] = {}  # person -> (time, direction) of today's last pass
-        async for bucket in self.storage.passes.find({"time": {"$gte": starts[0] - BUCKET_SPAN}}, {"entries": 1}):
-            for entry in bucket["entries"]:
-                if entry["code"] != 0 or not starts[0] <= entry["time"] < ends[-1]:
-                    continue
-                person = (entry["record_id"], entry["person"])
-                for n in range(len(starts) - 1, -1, -1):
-                    if entry["time"] >= starts[n]:
-                        passed[n].add(person)
-                        break
-                if entry["time"] >= starts[-1] and entry["time"] >= last_scan.get(person, (0, ""))[0]:
-                    last_scan[person] = (entry["time"], entry.get("direction", "in"))
+        async for entry in self.pass_log.during(starts[0], ends[-1]):
+            if entry["code"] != 0:
+                continue
+            person = (entry["record_id"], entry["person"])
+            for n in range(len(starts) - 1, -1, -1):
+                if entry["time"] >= starts[n]:
+                    passed[n].add(person)
+                    break
+            if entry["time"] >= starts[-1] and entry["time"] >= last_scan.get(person, (0, ""))[0]:
+                last_scan[person] = (entry["time"], entry.get("direction", "in"))
         for day, people in zip(result, passed):
             day.people_passed = len(people)
         today = Today(**dataclasses.asdict(result[-1]))

@@ -1,8 +1,11 @@
-"""MongoDB access. The only module that knows the driver: motor today; PyMongo's
-AsyncMongoClient can replace it here without touching the rest of the code."""
+"""MongoDB access. The only module that knows the driver (motor today): the rest of the code reads
+and writes through `Collection`, in plain dicts, lists and numbers, so PyMongo's AsyncMongoClient
+can replace motor here without touching anything else."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+from typing import AsyncIterator
 
 import pymongo
 from pymongo.write_concern import WriteConcern
@@ -13,13 +16,10 @@ log = logging.getLogger(__name__)
 
 # Errors that mean "the database cannot be reached" (answered with 503).
 UNAVAILABLE_ERRORS = (ConnectionFailure, ServerSelectionTimeoutError)
-__all__ = ["Storage", "DuplicateKeyError", "UNAVAILABLE_ERRORS", "ASCENDING", "DESCENDING", "ReturnDocument",
-           "UpdateOne", "BY_ID"]
+__all__ = ["Storage", "Collection", "Updated", "DuplicateKeyError", "UNAVAILABLE_ERRORS", "ASCENDING", "DESCENDING"]
 
 ASCENDING = pymongo.ASCENDING
 DESCENDING = pymongo.DESCENDING
-ReturnDocument = pymongo.ReturnDocument
-UpdateOne = pymongo.UpdateOne  # one conditional update of a bulk_write (many records in one round trip)
 # The hint for a filter on `_id` plus conditions ({"_id": 5, "status": "approved"}): SecantusDB plans
 # such a filter as a scan of the whole collection (measured: 3,000 documents examined of 3,000),
 # MongoDB by the _id index; with this hint both read the one document.
@@ -110,6 +110,8 @@ INDEXES = {
         pymongo.IndexModel([("time", DESCENDING)], name="time"),
         pymongo.IndexModel([("record_ids", ASCENDING), ("time", DESCENDING)], name="record_ids"),
     ],
+    # Left by versions before `revocations`: read once by Revocations.upgrade, then dropped.
+    "revoked_tokens": [],
 }
 
 
@@ -120,39 +122,142 @@ def _by_id(query, kwargs: dict) -> dict:
     return kwargs
 
 
-class _Collection:
-    """A collection whose reads and writes by `_id` plus conditions use the _id index, in every
-    module alike (the conditional updates of every state change are such)."""
+@dataclasses.dataclass(frozen=True)
+class Updated:
+    """What an update or a replacement did: how many documents matched its filter, how many changed."""
+
+    matched: int
+    modified: int
+
+
+class Collection:
+    """One collection, in the application's words: filters, updates and documents are dicts; reads
+    answer dicts and lists, writes plain numbers. Sorts are lists of (field, ASCENDING or DESCENDING).
+    Whatever picks documents by `_id` plus conditions uses the _id index (see BY_ID), in every module
+    alike (the conditional updates of every state change are such)."""
 
     def __init__(self, collection):
         self._collection = collection
 
-    def __getattr__(self, name):
-        return getattr(self._collection, name)
+    # --- reads ---------------------------------------------------------------------------------
 
-    def find(self, query=None, *args, **kwargs):
+    async def find_one(self, query: dict, projection: dict | None = None, *,
+                       sort: list | None = None) -> dict | None:
+        """The first document matching `query` (in `sort` order), only `projection`'s fields when given."""
+        return await self._collection.find_one(query, projection, **_by_id(query, _sorted(sort)))
+
+    async def find(self, query: dict, projection: dict | None = None, *, sort: list | None = None,
+                   skip: int = 0, limit: int = 0) -> list[dict]:
+        """The documents matching `query`, at most `limit` of them (0: all; bound it where it can grow)."""
+        cursor = self._cursor(query, projection, sort, skip=skip, limit=limit)
+        return await cursor.to_list(limit or None)
+
+    async def each(self, query: dict, projection: dict | None = None, *, sort: list | None = None,
+                   batch_size: int = 0) -> AsyncIterator[dict]:
+        """Every document matching `query`, read from the server `batch_size` at a time (0: the
+        server's default), for walks too long to hold in one list. Leaving the loop early ends the read."""
+        cursor = self._cursor(query, projection, sort, batch_size=batch_size)
+        try:
+            async for doc in cursor:
+                yield doc
+        finally:
+            await cursor.close()
+
+    async def count(self, query: dict, *, limit: int = 0) -> int:
+        """How many documents match `query` (counting stops at `limit` when given)."""
+        return await self._collection.count_documents(query, **_by_id(query, {"limit": limit} if limit else {}))
+
+    async def aggregate(self, pipeline: list[dict]) -> list[dict]:
+        """The documents an aggregation pipeline yields (keep its output small: it is one list)."""
+        return await self._collection.aggregate(pipeline).to_list(None)
+
+    def _cursor(self, query, projection, sort, *, skip=0, limit=0, batch_size=0):
+        cursor = self._collection.find(query, projection, **_by_id(query, {}))
+        if sort:
+            cursor = cursor.sort(sort)
+        if skip:
+            cursor = cursor.skip(skip)
+        if limit:
+            cursor = cursor.limit(limit)
+        if batch_size:
+            cursor = cursor.batch_size(batch_size)
+        return cursor
+
+    def cursor(self, query: dict | None = None, *args, **kwargs):
+        """TEMPORARY: the driver's own cursor, for the record lists and the CSV export (Visits.find,
+        Visits.each) and the admin list reads (Outbox.list, PassLog.search) until their keyset paging
+        lands on this API. Nothing else may use it."""
         return self._collection.find(query, *args, **_by_id(query, kwargs))
 
-    def find_one(self, query=None, *args, **kwargs):
-        return self._collection.find_one(query, *args, **_by_id(query, kwargs))
+    # --- writes --------------------------------------------------------------------------------
 
-    def find_one_and_update(self, query, update, *args, **kwargs):
-        return self._collection.find_one_and_update(query, update, *args, **_by_id(query, kwargs))
+    async def insert_one(self, doc: dict) -> None:
+        """Store a new document (DuplicateKeyError when a unique index already holds its key)."""
+        await self._collection.insert_one(doc)
 
-    def find_one_and_delete(self, query, *args, **kwargs):
-        return self._collection.find_one_and_delete(query, *args, **_by_id(query, kwargs))
+    async def update_one(self, query: dict, update: dict, *, upsert: bool = False) -> Updated:
+        """Apply `update` to the first document matching `query` (created from both when `upsert`)."""
+        result = await self._collection.update_one(query, update, **_by_id(query, {"upsert": upsert}))
+        return Updated(result.matched_count, result.modified_count)
 
-    def update_one(self, query, update, *args, **kwargs):
-        return self._collection.update_one(query, update, *args, **_by_id(query, kwargs))
+    async def update_many(self, query: dict, update: dict) -> Updated:
+        """Apply `update` to every document matching `query`."""
+        result = await self._collection.update_many(query, update)
+        return Updated(result.matched_count, result.modified_count)
 
-    def replace_one(self, query, replacement, *args, **kwargs):
-        return self._collection.replace_one(query, replacement, *args, **_by_id(query, kwargs))
+    async def bulk_update(self, changes: list[tuple[dict, dict]]) -> int:
+        """Apply many (query, update) pairs, each to the first document its query matches, in one
+        round trip and in no particular order; how many documents changed."""
+        if not changes:
+            return 0
+        result = await self._collection.bulk_write(
+            [pymongo.UpdateOne(query, update, **_by_id(query, {})) for query, update in changes], ordered=False)
+        return result.modified_count
 
-    def delete_one(self, query, *args, **kwargs):
-        return self._collection.delete_one(query, *args, **_by_id(query, kwargs))
+    async def replace_one(self, query: dict, doc: dict, *, upsert: bool = False) -> Updated:
+        """Replace the first document matching `query` by `doc` (inserted when none does and `upsert`)."""
+        result = await self._collection.replace_one(query, doc, **_by_id(query, {"upsert": upsert}))
+        return Updated(result.matched_count, result.modified_count)
 
-    def count_documents(self, query, *args, **kwargs):
-        return self._collection.count_documents(query, *args, **_by_id(query, kwargs))
+    async def delete_one(self, query: dict) -> int:
+        """Delete the first document matching `query`; how many went (0 or 1)."""
+        return (await self._collection.delete_one(query, **_by_id(query, {}))).deleted_count
+
+    async def delete_many(self, query: dict) -> int:
+        """Delete every document matching `query`; how many went."""
+        return (await self._collection.delete_many(query)).deleted_count
+
+    async def find_one_and_update(self, query: dict, update: dict, *, projection: dict | None = None,
+                                  sort: list | None = None, upsert: bool = False,
+                                  return_new: bool = False) -> dict | None:
+        """Apply `update` to the first document matching `query` (in `sort` order) in one atomic step;
+        that document as it was before, or as it is after when `return_new`; None when none matched
+        (and none was inserted)."""
+        after = pymongo.ReturnDocument.AFTER if return_new else pymongo.ReturnDocument.BEFORE
+        return await self._collection.find_one_and_update(
+            query, update, projection, **_by_id(query, {**_sorted(sort), "upsert": upsert, "return_document": after}))
+
+    async def find_one_and_delete(self, query: dict, *, projection: dict | None = None) -> dict | None:
+        """Delete the first document matching `query` in one atomic step; it, or None."""
+        return await self._collection.find_one_and_delete(query, projection, **_by_id(query, {}))
+
+    # --- upgrades ------------------------------------------------------------------------------
+
+    async def index_names(self) -> set[str]:
+        """The names of the collection's indexes."""
+        return set(await self._collection.index_information())
+
+    async def drop_index(self, name: str) -> None:
+        """Remove an index no query needs any more."""
+        await self._collection.drop_index(name)
+
+    async def drop(self) -> None:
+        """Remove the whole collection (one left behind by an older version)."""
+        await self._collection.drop()
+
+
+def _sorted(sort: list | None) -> dict:
+    return {"sort": sort} if sort else {}
 
 
 def ensure_root_user(uri: str, user: str, password: str) -> None:
@@ -182,13 +287,18 @@ class Storage:
         if not concern.document:  # MONGO_URI says nothing: the server's default would not wait for the journal
             concern = WriteConcern(j=True)
         log.info("MongoDB writes are acknowledged with write concern %s", concern.document)
+        # The driver's own database: for tests and benchmarks that look into it, never for the product.
         self.db = self.client.get_database(db_name, write_concern=concern)
         self.db_name = db_name
+        self._collections = {name: Collection(self.db[name]) for name in INDEXES}
 
-    def __getattr__(self, name):
-        if name in INDEXES:
-            return _Collection(self.db[name])
-        raise AttributeError(name)
+    def __getattr__(self, name: str) -> Collection:
+        # storage.records, storage.outbox, ...: every collection of INDEXES, each used by its owner
+        # alone (tests/test_storage_boundary.py).
+        try:
+            return self.__dict__["_collections"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
     async def ping(self) -> None:
         """Raise one of UNAVAILABLE_ERRORS unless the server answers."""
@@ -203,9 +313,8 @@ class Storage:
     async def next_id(self, name: str) -> int:
         """The next integer id of a sequence (atomic across processes)."""
         for _ in range(5):
-            doc = await self.db.counters.find_one_and_update(
-                {"_id": name}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
-            )
+            doc = await self.counters.find_one_and_update(
+                {"_id": name}, {"$inc": {"seq": 1}}, upsert=True, return_new=True)
             # SecantusDB answers nothing to one of several upserts that create the counter at once;
             # the counter exists by then, so asking again gives a fresh number.
             if doc is not None:

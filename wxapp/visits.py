@@ -8,6 +8,7 @@ import logging
 from typing import AsyncIterator, Callable
 from zoneinfo import ZoneInfo
 
+from .bindings import Bindings
 from .errors import ApiError, bad_request, conflict, not_found, upstream_failed
 from .gate import NO_PERMISSION, GateCache
 from .lifecycle import Transition, status_of
@@ -19,7 +20,7 @@ from .qrcodes import qr_content
 from .paging import page_of
 from .revocation import Revocations
 from .security import new_token
-from .storage import Storage
+from .storage import ASCENDING, Storage
 from .system_settings import SystemSettings
 
 log = logging.getLogger(__name__)
@@ -106,13 +107,14 @@ class Visits:
     """The rules of CONTRACT §5 for records, independent of HTTP."""
 
     def __init__(self, storage: Storage, redis, koala: KoalaClient, images: Images, outbox: Outbox,
-                 gate_cache: GateCache, revocations: Revocations, settings: SystemSettings,
+                 bindings: Bindings, gate_cache: GateCache, revocations: Revocations, settings: SystemSettings,
                  clock: Callable[[], float], tz: ZoneInfo):
         self.storage = storage
         self.redis = redis
         self.koala = koala
         self.images = images
         self.outbox = outbox
+        self.bindings = bindings
         self.gate_cache = gate_cache
         self.revocations = revocations
         self._exits: set[asyncio.Task] = set()
@@ -185,7 +187,7 @@ class Visits:
     async def _interviewee(self, name: str, phone: str) -> tuple[str, str]:
         """(name, department) of the employee whose phone this is: a bound employee first, else the
         one in Koala. The name the visitor typed only helps find them; the record keeps the real one."""
-        bound = await self.storage.bindings.find_one({"type": "employee", "phone": phone})
+        bound = await self.bindings.by_phone("employee", phone)
         if bound is not None:
             return bound.get("name") or name, bound.get("department", "")
         try:
@@ -215,12 +217,10 @@ class Visits:
     async def _named_images(self, names: list[str]) -> set[str]:
         named: set[str] = set()
         for field in ("photo", "retinues.photo"):
-            async for record in self.storage.records.find({field: {"$in": names}}, {"photo": 1, "retinues.photo": 1}):
+            for record in await self.storage.records.find({field: {"$in": names}}, {"photo": 1, "retinues.photo": 1}):
                 named.add(record.get("photo", ""))
                 named.update(person.get("photo", "") for person in record.get("retinues", []))
-        async for binding in self.storage.bindings.find({"avatar": {"$in": names}}, {"avatar": 1}):
-            named.add(binding["avatar"])
-        return named
+        return named | await self.bindings.avatars_among(names)
 
     # --- lists -------------------------------------------------------------------------------
 
@@ -231,7 +231,7 @@ class Visits:
             return
         result = await self.storage.records.aggregate([
             {"$group": {"_id": None, "seconds": {"$max": {"$subtract": ["$end_time", "$start_time"]}}}},
-        ]).to_list(1)
+        ])
         if result and result[0]["seconds"] is not None:
             await self.storage.counters.update_one(
                 {"_id": "longest_visit"}, {"$max": {"seconds": result[0]["seconds"]}}, upsert=True)
@@ -253,8 +253,8 @@ class Visits:
         skip = (page - 1) * size
         if not query.checks:
             index = await self.index_query(query)
-            count = await self.storage.records.count_documents(index)
-            cursor = self.storage.records.find(index).sort(SORT).skip(skip).limit(size)
+            count = await self.storage.records.count(index)
+            cursor = self.storage.records.cursor(index).sort(SORT).skip(skip).limit(size)
             return await cursor.to_list(size), page_of(count, page, size)
         count, items = 0, []
         async for record in self.each(query):
@@ -267,7 +267,7 @@ class Visits:
         """Every record matching `query` (only `fields` of it, when given), newest visit first,
         read in batches."""
         index = await self.index_query(query)
-        async for record in self.storage.records.find(index, fields).sort(SORT).batch_size(500):
+        async for record in self.storage.records.cursor(index, fields).sort(SORT).batch_size(500):
             if query.matches(record):
                 yield record
 
@@ -357,7 +357,7 @@ class Visits:
                                                         condition=condition, update=update)
             else:
                 updated = await self.storage.records.find_one_and_update(
-                    {"_id": record["_id"], **condition}, update, return_document=True)
+                    {"_id": record["_id"], **condition}, update, return_new=True)
             if updated is not None:
                 break
             record = await self.get(record["_id"])  # it changed meanwhile: judge again
@@ -395,7 +395,7 @@ class Visits:
     async def sign_out(self, phone: str) -> dict:
         """Check out today's signed-in visit of a phone (the visitor's or a retinue's) at the kiosk."""
         day_start, day_end = self._today()
-        candidates = await self.storage.records.find({"phones": phone, "start_time": {"$lt": day_end}}).to_list(None)
+        candidates = await self.storage.records.find({"phones": phone, "start_time": {"$lt": day_end}})
         records = [r for r in candidates if r["end_time"] > day_start and status_of(r) in
                    (lifecycle.SIGNED_IN, lifecycle.CHECKED_OUT) and (r.get("revoked") or {}).get("reason") != "deleted"]
         if not records:
@@ -415,7 +415,7 @@ class Visits:
         try:
             record = await self.storage.records.find_one_and_update(
                 {"_id": record_id, "status": lifecycle.SIGNED_IN}, {"$addToSet": {"exited": person}},
-                return_document=True)
+                return_new=True)
             if record is not None and len(set(record["exited"])) >= 1 + len(record["retinues"]):
                 await self.transition(record, lifecycle.CHECK_OUT, also={"checkout_time": int(self.clock())})
         except Exception:  # the end of the visit window checks it out all the same
@@ -428,7 +428,7 @@ class Visits:
         moved = 0
         for status, move in lifecycle.AT_END.items():
             due = await self.storage.records.find(
-                {"status": status, "end_time": {"$lte": now}}).sort("end_time", 1).to_list(limit)
+                {"status": status, "end_time": {"$lte": now}}, sort=[("end_time", ASCENDING)], limit=limit)
             for record in due:
                 if (record.get("revoked") or {}).get("reason") == "deleted":
                     continue
@@ -445,7 +445,7 @@ class Visits:
             return
         while True:
             todo = await self.storage.records.find({"grams": {"$exists": False}},
-                                                   {"name": 1, "interviewee": 1}).to_list(batch)
+                                                   {"name": 1, "interviewee": 1}, limit=batch)
             for record in todo:
                 await self.storage.records.update_one({"_id": record["_id"]},
                                                       {"$set": {"grams": search_grams(record)}})
@@ -471,7 +471,7 @@ class Visits:
 
     async def _todays_record(self, phone: str) -> dict:
         day_start, day_end = self._today()
-        candidates = await self.storage.records.find({"phones": phone, "start_time": {"$lt": day_end}}).to_list(None)
+        candidates = await self.storage.records.find({"phones": phone, "start_time": {"$lt": day_end}})
         records = [r for r in candidates
                    if status_of(r) in (lifecycle.APPROVED, lifecycle.SIGNED_IN) and r["end_time"] > day_start
                    and (r.get("revoked") or {}).get("reason") != "deleted"]
@@ -536,7 +536,7 @@ class Visits:
             saved = await self.storage.records.find_one_and_update(
                 {"_id": record["_id"], prefix + "koala_id": {"$in": [0, None]}},
                 {"$set": {prefix + "koala_id": koala_id}},
-                {"_id": 1})
+                projection={"_id": 1})
             if saved is None:  # deleted meanwhile, or recorded by another sign-in: ours is surplus
                 await self._discard_subject(koala_id)
                 record = await self.get(record["_id"])
@@ -550,7 +550,7 @@ class Visits:
             {"_id": record["_id"], "signin_time": 0, "status": lifecycle.APPROVED, "revoked": {"$exists": False}},
             {"$set": {**tokens, "tokens": list(tokens.values()), "signin_time": now, "status": lifecycle.SIGNED_IN},
              "$push": {"pending_events": {"$each": ["signin_to_visitor", "visitor_signin_to_employee"]}}},
-            return_document=True,
+            return_new=True,
         )
         if updated is None:  # signed in by another kiosk at the same moment, or revoked
             record = await self.get(record["_id"])
@@ -589,7 +589,7 @@ class Visits:
         owners: dict[int, list[int]] = {}
         ids = sorted({mark.record_id for _, mark in marked})
         for i in range(0, len(ids), 500):
-            async for record in self.storage.records.find({"_id": {"$in": ids[i:i + 500]}},
+            for record in await self.storage.records.find({"_id": {"$in": ids[i:i + 500]}},
                                                           {"koala_id": 1, "retinues.koala_id": 1}):
                 owners[record["_id"]] = [p.get("koala_id", 0) for p in [record, *record.get("retinues", [])]]
         now, deleted = self.clock(), 0
@@ -645,15 +645,15 @@ class Visits:
     async def finish_deletions(self) -> int:
         """Finish deletions a failure interrupted: records revoked as deleted but still stored."""
         done = 0
-        async for record in self.storage.records.find({"revoked.reason": "deleted"}):
+        async for record in self.storage.records.each({"revoked.reason": "deleted"}):
             await self._finish_deletion(record)
             done += 1
         return done
 
     async def failing_koala_removals(self, limit: int = 200) -> list[dict]:
         """Queued Koala removals that have failed at least once, oldest first."""
-        jobs = await self.storage.koala_cleanup.find({"attempts": {"$gte": 1}}).sort(
-            [("attempts", 1), ("created_at", 1)]).limit(limit).to_list(limit)
+        jobs = await self.storage.koala_cleanup.find(
+            {"attempts": {"$gte": 1}}, sort=[("attempts", ASCENDING), ("created_at", ASCENDING)], limit=limit)
         return sorted(jobs, key=lambda job: job["created_at"])
 
     async def retry_koala_removal(self, job_id: str) -> int:
@@ -666,7 +666,7 @@ class Visits:
         """Delete the queued Koala subjects (of one queued removal, `only` its _id); what fails stays
         queued for the next try."""
         done = 0
-        async for job in self.storage.koala_cleanup.find({} if only is None else {"_id": only}):
+        async for job in self.storage.koala_cleanup.each({} if only is None else {"_id": only}):
             remaining = []
             for subject_id in job["subject_ids"]:
                 try:

@@ -16,7 +16,7 @@ from .bindings import Bindings
 from .codes import VerificationCodes
 from .config import Config
 from .delivery import DeliveryWorker
-from .gate import GateCache, PassLog
+from .gate import Gate, GateCache, PassLog
 from .images import Images
 from .koala import KoalaClient
 from .limits import RateLimiter, VisitLimits
@@ -73,6 +73,7 @@ class AppContext:
     stats: Stats
     reminders: Reminders
     retention: Retention
+    gate: Gate
     background: list = dataclasses.field(default_factory=list)
 
     def start_background(self, interval: float = 60.0) -> None:
@@ -186,6 +187,7 @@ async def build_context(config: Config, *, clock: Callable[[], float] = time.tim
             reminders=Reminders(storage, system_settings, outbox, clock, config.tz),
             retention=Retention(storage, system_settings, revocations, images, pass_log, outbox, bindings, clock,
                                 config.tz),
+            gate=Gate(gate_cache, revocations, pass_log, visits.note_exit, clock),
         )
         await ctx.visits.ensure_longest_visit()
         await ctx.visits.ensure_statuses()

@@ -107,8 +107,11 @@ SENT: dict[str, int] = {}  # requests wrk completed, per URL (warm-ups included)
 def wrk(url: str, script: Path, seconds: int, threads: int, connections: int) -> dict:
     """Run wrk once; its figures from the script's done() line, plus wrk's own text."""
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
-    line = next(line for line in out.splitlines() if line.startswith("BENCH_JSON "))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    out = done.stdout
+    line = next((line for line in out.splitlines() if line.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no figures for {url}:\n{out}\n{done.stderr}")
     data = json.loads(line[len("BENCH_JSON "):])
     SENT[url] = SENT.get(url, 0) + data["requests"]
     non2xx = 0
@@ -163,8 +166,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="measured runs per side, alternating (median reported)")
     parser.add_argument("--quiet-wait", type=float, default=60,
                         help="seconds to wait for other processes to calm down before each run")
-    parser.add_argument("--compare-ref", metavar="REF",
-                        help="also measure the server of this git ref (e.g. c8e74ab) in the same rounds")
+    parser.add_argument("--compare-ref", metavar="REF", action="append", default=[],
+                        help="also measure the server of this git ref (e.g. c8e74ab) in the same rounds; repeatable")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--no-redis-reference", action="store_true",
@@ -196,16 +199,15 @@ def main() -> int:
         # The sides, measured one at a time; with several rounds they alternate, so a slow spell
         # of the machine hits each. "bare+redis" is information: the bare endpoint plus one Redis GET.
         urls = {"bare": stack.start_bare().url, "gate": app.url}
-        if args.compare_ref:
-            side = f"gate@{args.compare_ref}"
-            other = stack.start_app(checkout(args.compare_ref, stack.tmp / "compare"), f"server.py@{args.compare_ref}",
-                                    mongo_db="compare")
-            _, other_qr = asyncio.run(seed_visit(stack, "compare"))
+        for n, ref in enumerate(args.compare_ref):
+            side, db = f"gate@{ref}", f"compare{n}"
+            other = stack.start_app(checkout(ref, stack.tmp / db), f"server.py@{ref}", mongo_db=db)
+            _, other_qr = asyncio.run(seed_visit(stack, db))
             other_body = json.dumps({"qrcode": other_qr, "gate": "east-1"}, ensure_ascii=False)
             if post(other.url + "/v1/visit/qrcode", other_body.encode(), GATE_KEY).get("code") != 0:
                 print(f"{side}: the gate does not open for its seeded QR code", file=sys.stderr)
                 return 1
-            scripts[side] = stack.tmp / "post-compare.lua"
+            scripts[side] = stack.tmp / f"post-{db}.lua"
             scripts[side].write_text(LUA_TEMPLATE.format(body=other_body, key=GATE_KEY))
             urls[side] = other.url
         if not args.no_redis_reference:
@@ -270,7 +272,7 @@ def main() -> int:
         "load": {"tool": "wrk", "threads": args.threads, "connections": args.connections,
                  "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds},
         **{name.replace("+", "_"): clean(r) for name, r in results.items()},
-        "compare_ref": args.compare_ref,
+        "compare_refs": args.compare_ref,
         "ratio": ratio,
         "goals": {"ratio_min": GOAL_RATIO, "gate_p99_ms_max": GOAL_P99_MS,
                   "ratio_met": ok_ratio, "p99_met": ok_p99},

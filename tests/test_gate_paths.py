@@ -11,7 +11,7 @@ from tornado.tcpclient import TCPClient
 from handlers import visits
 from handlers.proxies import ProxiedHTTPServer
 from tests.conftest import ADMIN_KEY, GATE_KEY
-from tests.test_signin_and_gate import approved_visit, signin, until  # noqa: F401 (a fixture)
+from tests.test_signin_and_gate import CountingRedis, approved_visit, signin, until  # noqa: F401 (a fixture)
 from wxapp import gate
 
 
@@ -90,7 +90,8 @@ async def test_a_held_scan_is_decided_without_waiting(passes, anonymous, ctx):
     (json.dumps({"gate": "east-1"}), 400, {"code": 400, "err_msg": "缺少参数 qrcode"}),
     ("[1, 2]", 400, {"code": 400, "err_msg": "请求体应为 JSON 对象"}),
     ("{not json", 400, {"code": 400, "err_msg": "请求体不是合法的 JSON"}),
-    ('{"qrcode": "no-such-token-0123456789", "x": NaN}', 400, {"code": 400, "err_msg": "请求体不是合法的 JSON"}),
+    ('{"qrcode": "no-such-token-0123456789", "x": NaN}', 400,
+     {"code": 400, "err_msg": "请求体不是合法的 JSON"}),
     (json.dumps({"qrcode": "x" * 513}), 400, None),
     (json.dumps({"qrcode": "no-such-token-0123456789"}), 200, {"code": -201, "err_msg": "二维码无效"}),
 ])
@@ -151,14 +152,15 @@ async def test_an_unexpected_error_is_a_500_envelope_and_the_connection_stays(pa
         with monkeypatch.context() as patch:
             patch.setattr(ctx.pass_log, "record", broken)
             head, answer = await exchange(stream, GATE_KEY, body)
-        assert head.startswith("HTTP/1.1 500") and answer == {"code": 500, "err_msg": "服务器内部错误，请稍后再试"}
+        assert head.startswith("HTTP/1.1 500")
+        assert answer == {"code": 500, "err_msg": "服务器内部错误，请稍后再试"}
         assert (await exchange(stream, GATE_KEY, body))[1]["code"] == 0
     finally:
         stream.close()
 
 
 @pytest.mark.gen_test
-async def test_behind_a_proxy_the_gates_own_address_is_logged(passes, gate_path, app, caplog):
+async def test_behind_a_proxy_the_gates_own_address_is_logged_and_https_answered_so(passes, gate_path, app, caplog):
     qrcode = await passes()
     sock, port = tornado.testing.bind_unused_port()
     server = ProxiedHTTPServer(app, trusted_proxies=["127.0.0.1"])  # as server.py serves
@@ -172,7 +174,9 @@ async def test_behind_a_proxy_the_gates_own_address_is_logged(passes, gate_path,
             for key, scan, address in ((GATE_KEY, body, "10.1.2.3"), (GATE_KEY, body, "10.1.2.3"),
                                        (GATE_KEY, b"[]", "10.1.2.4"), (GATE_KEY, body, "10.1.2.5"),
                                        ("unknown-key-0000", body, "10.1.2.3")):
-                await exchange(stream, key, scan, f"X-Real-Ip: {address}\r\n".encode())
+                forwarded = f"X-Real-Ip: {address}\r\nX-Forwarded-Proto: https\r\n".encode()
+                head, _ = await exchange(stream, key, scan, forwarded)
+                assert "Strict-Transport-Security: max-age=31536000" in head, head
     finally:
         stream.close()
         server.stop()
@@ -181,20 +185,6 @@ async def test_behind_a_proxy_the_gates_own_address_is_logged(passes, gate_path,
     assert any(line.startswith("401 POST /v1/visit/qrcode (10.1.2.3)") for line in lines), lines
     assert any(line.startswith("400 POST /v1/visit/qrcode (10.1.2.4)") for line in lines), lines
     assert any(line.startswith("200 POST /v1/visit/qrcode (10.1.2.5)") for line in lines), lines
-
-
-class CountingRedis:
-    """The gate cache's Redis client, counting the reads of QR tokens."""
-
-    def __init__(self, redis):
-        self.redis, self.reads = redis, 0
-
-    def __getattr__(self, name):
-        return getattr(self.redis, name)
-
-    async def get(self, key):
-        self.reads += 1
-        return await self.redis.get(key)
 
 
 @pytest.mark.gen_test

@@ -1,8 +1,9 @@
 """The HTTP layer's base: BaseHandler → APIHandler (the /v1 envelope) / PageHandler (HTML).
 
 Who may call a handler is declared on it with `@api(allow=...)`; the envelope of every
-/v1 answer, success or error, is written by `APIHandler.write_envelope` alone (and, for the gate's
-successes, by the fast path in handlers.gatepath, from the same `envelope`).
+/v1 answer, success or error, is written by `APIHandler.write_envelope` alone (and, for the scans
+a gate's connection answers at once, by handlers.gatepath from the same `envelope` and
+`answer_headers`).
 
 Every handler streams its request body: `prepare()` runs on the headers alone, so a caller who is
 not authenticated, or whose body is larger than the endpoint accepts (`@api(max_body=...)`, else
@@ -45,7 +46,7 @@ CONTENT_SECURITY_POLICY = "; ".join([
     "img-src 'self' data: https://*.qlogo.cn http://*.qlogo.cn", "connect-src 'self'", "object-src 'none'",
     "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
 ])
-# Sent with every answer, by BaseHandler, the static files and the gate's fast path (handlers.gatepath).
+# Sent with every answer, by BaseHandler, the static files and handlers.gatepath (`answer_headers`).
 DEFAULT_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
@@ -628,7 +629,7 @@ class APIHandler(BaseHandler):
 
     def write_envelope(self, code: int, err_msg: str, data: Any = _NO_DATA, page: dict | None = None,
                        status: int = 200) -> None:
-        """The one place a /v1 answer is written (the gate's fast path writes the same)."""
+        """The one place a /v1 answer is written (handlers.gatepath writes the same for held scans)."""
         self.set_status(status)
         for name, value in ENVELOPE_HEADERS.items():
             self.set_header(name, value)

@@ -64,8 +64,8 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0
 class Child:
     """A Python process of ours (server.py or bare_server.py) with its output in a log file."""
 
-    def __init__(self, name: str, argv: list[str], env: dict, log: Path, port: int):
-        self.name, self.argv, self.env, self.log, self.port = name, argv, env, log, port
+    def __init__(self, name: str, argv: list[str], env: dict, log: Path, port: int, cwd: Path = ROOT):
+        self.name, self.argv, self.env, self.log, self.port, self.cwd = name, argv, env, log, port, cwd
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -74,7 +74,7 @@ class Child:
 
     def start(self, health_path: str) -> "Child":
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         wait_http(self.url + health_path, self.proc, self.log)
         return self
@@ -125,20 +125,21 @@ class Stack:
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def config(self, port: int = 8000) -> Config:
+    def config(self, port: int = 8000, mongo_db: str = "visitor") -> Config:
         """The configuration the server gets from its environment, for build_context in this process."""
         return Config(host="127.0.0.1", port=port, data_dir=self.tmp / "var", mongo_uri=self.mongo.uri,
-                      redis_url=self.redis.url, secret_key=SECRET_KEY,
+                      mongo_db=mongo_db, redis_url=self.redis.url, secret_key=SECRET_KEY,
                       api_keys=(("admin", ADMIN_KEY), ("gate", GATE_KEY)), sms_backend="off")
 
-    def start_app(self) -> Child:
-        """The real server: `python server.py` with the databases given through its environment."""
+    def start_app(self, root: Path = ROOT, name: str = "server.py", mongo_db: str = "visitor") -> Child:
+        """The real server: `python server.py` with the databases given through its environment
+        (`root`: another checkout of it, e.g. an older version to compare with)."""
         port = free_port()
         base = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "REDIS_", "SECRET_", "API_"))}
-        env = {**base, "HOST": "127.0.0.1", "PORT": str(port), "MONGO_URI": self.mongo.uri,
+        env = {**base, "HOST": "127.0.0.1", "PORT": str(port), "MONGO_URI": self.mongo.uri, "MONGO_DB": mongo_db,
                "REDIS_URL": self.redis.url, "API_KEYS": API_KEYS, "SECRET_KEY": SECRET_KEY,
                "DATA_DIR": str(self.tmp / "var"), "SMS_BACKEND": "off", "PYTHONUNBUFFERED": "1"}
-        child = Child("server.py", [sys.executable, "server.py"], env, self.tmp / "server.log", port)
+        child = Child(name, [sys.executable, "server.py"], env, self.tmp / f"server-{mongo_db}.log", port, root)
         self.children.append(child)
         return child.start("/healthz")
 

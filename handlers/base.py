@@ -1,8 +1,9 @@
 """The HTTP layer's base: BaseHandler → APIHandler (the /v1 envelope) / PageHandler (HTML).
 
 Who may call a handler is declared on it with `@api(allow=...)`; the envelope of every
-/v1 answer, success or error, is written by `APIHandler.write_envelope` alone (and, for the gate's
-successes, by the fast path in handlers.gatepath, from the same `envelope`).
+/v1 answer, success or error, is written by `APIHandler.write_envelope` alone (and, for the scans
+a gate's connection answers at once, by handlers.gatepath from the same `envelope` and
+`answer_headers`).
 
 Every handler streams its request body: `prepare()` runs on the headers alone, so a caller who is
 not authenticated, or whose body is larger than the endpoint accepts (`@api(max_body=...)`, else
@@ -16,7 +17,7 @@ import functools
 import json
 import logging
 import re
-from typing import Any, Iterable
+from typing import Any, Awaitable, Iterable
 
 import redis.exceptions
 import tornado.web
@@ -45,7 +46,7 @@ CONTENT_SECURITY_POLICY = "; ".join([
     "img-src 'self' data: https://*.qlogo.cn http://*.qlogo.cn", "connect-src 'self'", "object-src 'none'",
     "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
 ])
-# Sent with every answer, by BaseHandler, the static files and the gate's fast path (handlers.gatepath).
+# Sent with every answer, by BaseHandler, the static files and handlers.gatepath (`answer_headers`).
 DEFAULT_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
@@ -92,6 +93,16 @@ def log_access(status: int, method: str, uri: str, remote_ip: str | None, second
     if access_log.isEnabledFor(level):
         access_log.log(level, "%d %s %s (%s) %.2fms", status, method, loggable_uri(uri), remote_ip,
                        1000.0 * seconds)
+
+
+def answer_headers(protocol: str) -> dict[str, str]:
+    """The headers of a /v1 answer besides Date and Content-Length, as `BaseHandler` and
+    `APIHandler.write_envelope` set them (for the gates' scans on handlers.gatepath)."""
+    headers = dict(DEFAULT_HEADERS)
+    if protocol == "https":
+        headers[HSTS_HEADER[0]] = HSTS_HEADER[1]
+    headers.update(ENVELOPE_HEADERS)
+    return headers
 
 
 def set_security_headers(handler: tornado.web.RequestHandler) -> None:
@@ -150,15 +161,17 @@ def api(*, allow: Iterable[Role], summary: str, query: Schema | None = None, bod
                    envelope)
 
     def decorate(method):
+        # Not a coroutine itself: it returns what the method returns (a coroutine, or None from a
+        # method that answered at once), so a method that need not wait costs no coroutine.
         @functools.wraps(method)
-        async def wrapper(self: "BaseHandler", *args, **kwargs):
+        def wrapper(self: "BaseHandler", *args, **kwargs):
             if spec.path is not None:
                 kwargs = spec.path.load(kwargs, textual=True)
             if spec.query is not None:
                 self.query = spec.query.load(self.query_arguments(), textual=True)
             if spec.body is not None:
                 self.body = spec.body.load(self.json_body(), textual=self.body_is_form())
-            return await method(self, *args, **kwargs)
+            return method(self, *args, **kwargs)
 
         wrapper.api_spec = spec
         return wrapper
@@ -237,7 +250,9 @@ def _admits_first(prepare):
     """A subclass's prepare(), run after the admission of BaseHandler.prepare."""
     @functools.wraps(prepare)
     async def wrapper(self: "BaseHandler"):
-        await BaseHandler.prepare(self)
+        admitting = BaseHandler.prepare(self)
+        if admitting is not None:
+            await admitting
         if self._finished:
             return
         result = prepare(self)
@@ -322,15 +337,30 @@ class BaseHandler(tornado.web.RequestHandler):
         method = getattr(type(self), self.request.method.lower(), None)
         return getattr(method, "api_spec", None)
 
-    async def prepare(self):
+    def prepare(self) -> Awaitable[None] | None:
         """Admit the request on its headers: the caller of an @api endpoint is authorized, and a
-        declared body larger than the endpoint accepts is refused (413), before a byte of it is read."""
+        declared body larger than the endpoint accepts is refused (413), before a byte of it is read.
+        Nothing is awaited when the caller's API key is in this process's near cache and the body is
+        small (a gate's scan): then it returns None, else what remains to be awaited."""
         if self._admitted:
-            return
+            return None
         self._admitted = True
         spec = self.api_spec()
         if spec is not None:
-            self.principal = await self.authorize(spec.allow)
+            self.principal = self._key_principal_now(spec.allow)
+            if self.principal is None:
+                return self._authorize_and_admit(spec)
+        return self._admit_body(spec)
+
+    async def _authorize_and_admit(self, spec: ApiSpec) -> None:
+        self.principal = await self.authorize(spec.allow)
+        reserving = self._admit_body(spec)
+        if reserving is not None:
+            await reserving
+
+    def _admit_body(self, spec: ApiSpec | None) -> Awaitable[None] | None:
+        """Refuse a body larger than the endpoint accepts; a large one waits for room in the BodyBudget
+        (returned to be awaited)."""
         self._body_limit = spec.max_body if spec is not None else self.max_body_size
         length = self.request.headers.get("Content-Length")
         if length is None:
@@ -344,11 +374,16 @@ class BaseHandler(tornado.web.RequestHandler):
             if declared > self._body_limit:
                 raise self.too_large()
             if declared > DEFAULT_BODY_LIMIT:
-                if not await self.settings["body_budget"].take(declared, self.ctx.config.request_timeout):
-                    raise ApiError(503, "服务器繁忙，请稍后再试")
-                self._reserved = declared
-                if self._gone:  # the caller hung up while waiting
-                    self._release_body()
+                return self._reserve(declared)
+        self._chunks = []
+        return None
+
+    async def _reserve(self, declared: int) -> None:
+        if not await self.settings["body_budget"].take(declared, self.ctx.config.request_timeout):
+            raise ApiError(503, "服务器繁忙，请稍后再试")
+        self._reserved = declared
+        if self._gone:  # the caller hung up while waiting
+            self._release_body()
         self._chunks = []
 
     def too_large(self) -> ApiError:
@@ -461,6 +496,17 @@ class BaseHandler(tornado.web.RequestHandler):
         if Role.ADMIN in allow and len(allow) == 1:
             return "请先登录管理后台或提供管理员 API 密钥"
         return "缺少 API 密钥（Authorization: Bearer <密钥>）"
+
+    def _key_principal_now(self, allow: tuple[Role, ...]) -> Principal | None:
+        """The caller, when it presents an API key this process's near cache holds and whose role may
+        call: as authorize() would answer, without waiting. None: authorize() decides."""
+        scheme, _, key = self.request.headers.get("Authorization", "").partition(" ")
+        if Role.PUBLIC in allow or scheme.lower() != "bearer" or not key.strip():
+            return None
+        known = self.ctx.api_keys.authenticate_now(key.strip())
+        if known is None or known[0].role not in allow:
+            return None
+        return known[0]
 
     async def _key_principal(self, header: str) -> Principal:
         scheme, _, key = header.partition(" ")
@@ -583,7 +629,7 @@ class APIHandler(BaseHandler):
 
     def write_envelope(self, code: int, err_msg: str, data: Any = _NO_DATA, page: dict | None = None,
                        status: int = 200) -> None:
-        """The one place a /v1 answer is written (the gate's fast path writes the same)."""
+        """The one place a /v1 answer is written (handlers.gatepath writes the same for held scans)."""
         self.set_status(status)
         for name, value in ENVELOPE_HEADERS.items():
             self.set_header(name, value)

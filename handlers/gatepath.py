@@ -1,90 +1,68 @@
-"""The gates' hot path (admin API 4.2, `POST /v1/visit/qrcode`) below Tornado's RequestHandler.
+"""The gates' ordinary scans, answered from the HTTP connection below RequestHandler.
 
-Gates scan all day, and for a scan whose facts this process already holds (the near cache), making
-a RequestHandler — its headers, output transforms, flush and finish — costs more than the
-decision itself. So the application answers a gate's ordinary scan straight from the HTTP
-connection: a POST to exactly that path, with a Bearer key, whose JSON body GateHandler's own
-schema accepts and whose key may call it. The decision and the gate log are GateHandler's
-(`visits.decide_and_log` / `visits.log_decision`), the answer is `base.envelope` with the same
-headers. Everything else, every error included, is replayed to the normal routing as it arrived,
-so GateHandler answers it exactly as before. Only a body of a declared length within GateHandler's
-limit is read here before the key is known; any other goes to the normal routing on its headers.
-
-When the near cache holds the key and the token, the answer is written before `finish()` returns,
-without a task or a trip through the event loop; otherwise a task reads them from Redis (one round
-trip) or MongoDB first."""
+A RequestHandler's machinery (routing, streaming admission, headers, transforms, finish) costs about
+as much CPU as the gate's decision itself. So a POST to /v1/visit/qrcode whose Bearer key this
+process holds (near cache) and may scan, with a JSON body of a declared length within the
+endpoint's limit, is read here and given to `Gate.scan_now`, GateHandler's own service; when that
+answers at once (the token is held too), the answer is written with `base.answer_headers`, the
+headers of every /v1 answer. Anything else - another request, a scan that must wait for Redis or
+MongoDB, a malformed body, any exception - is passed, as it arrived and before anything was
+awaited, to the normal routing and GateHandler, which answer as for every other request."""
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import tornado.web
 from tornado import httputil, iostream
 
-from wxapp import gate
+from wxapp.gate import MESSAGES, SCAN, SCAN_MAX_BODY
 
-from . import visits
-from .base import DEFAULT_HEADERS, ENVELOPE_HEADERS, HSTS_HEADER, envelope, log_access
+from .base import answer_headers, envelope, log_access
+from .visits import GateHandler
+
+log = logging.getLogger("visitor.http")
 
 PATH = "/v1/visit/qrcode"
-SPEC = visits.GateHandler.post.api_spec
-_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")  # GateHandler reads these as forms
-_BODIES = {code: envelope(code, message).encode() for code, message in gate.MESSAGES.items()}
+_ALLOW = GateHandler.post.api_spec.allow
 _OK = httputil.ResponseStartLine("", 200, httputil.responses[200])
 
 
 class Application(tornado.web.Application):
-    """The Tornado application, with gate scans taken off the RequestHandler path."""
+    """The Tornado application, with the gates' ordinary scans taken off the RequestHandler path."""
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
-        return _Dispatch(self, server_conn, request_conn)
+        return _Scan(self, server_conn, request_conn)
 
     def route(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         """The normal routing to the handlers."""
         return super().start_request(server_conn, request_conn)
 
 
-def _small(length: str | None) -> bool:
-    """Whether a body declares a length GateHandler accepts: only such a body is read before the key
-    is checked; any other (too large, chunked, malformed) is GateHandler's to refuse on the headers."""
-    return length is not None and length.isdigit() and int(length) <= SPEC.max_body
+class _Scan(httputil.HTTPMessageDelegate):
+    """One request: an ordinary scan answered here, or anything else passed on to the normal routing."""
 
-
-class _Date:
-    """The Date header, formatted once a second."""
-
-    second, text = -1, ""
-
-    @classmethod
-    def now(cls, now: float) -> str:
-        if int(now) != cls.second:
-            cls.second, cls.text = int(now), httputil.format_timestamp(now)
-        return cls.text
-
-
-class _Dispatch(httputil.HTTPMessageDelegate):
-    """One request: a gate scan answered here, or anything else passed on to the normal routing."""
-
-    def __init__(self, app: Application, server_conn: object, request_conn: httputil.HTTPConnection):
-        self.app, self.server_conn, self.conn = app, server_conn, request_conn
+    def __init__(self, app: Application, server_conn: object, conn: httputil.HTTPConnection):
+        self.app, self.server_conn, self.conn = app, server_conn, conn
         self.delegate: httputil.HTTPMessageDelegate | None = None  # the normal routing, once used
-        self.task: asyncio.Task | None = None
 
     def headers_received(self, start_line, headers):
-        if (start_line.method == "POST" and start_line.path == PATH
-                and headers.get("Authorization", "")[:7].lower() == "bearer "
-                and not headers.get("Content-Type", "").startswith(_FORMS)
-                and _small(headers.get("Content-Length"))):
-            self.start_line, self.headers, self.chunks = start_line, headers, []
-            self.started = time.time()
-            # As HTTPServerRequest reads them now (with the X-Real-Ip / X-Scheme of a proxy applied),
-            # for the access log and for a replay after they were reset.
-            context = getattr(self.conn, "context", None)
-            self.remote_ip, self.protocol = getattr(context, "remote_ip", None), getattr(context, "protocol", "http")
-            return None
-        self.delegate = self.app.route(self.server_conn, self.conn)
-        return self.delegate.headers_received(start_line, headers)
+        length, form = headers.get("Content-Length", ""), headers.get("Content-Type", "").startswith(
+            ("application/x-www-form-urlencoded", "multipart/form-data"))
+        scheme, _, key = headers.get("Authorization", "").partition(" ")
+        known = None
+        if (start_line.method == "POST" and start_line.path == PATH and scheme.lower() == "bearer" and key.strip()
+                and not form and length.isdigit() and int(length) <= SCAN_MAX_BODY):
+            known = self.app.settings["context"].api_keys.authenticate_now(key.strip())
+        if known is None or known[0].role not in _ALLOW:
+            return self._route(start_line, headers)
+        self.principal, self.start_line, self.chunks = known[0], start_line, []
+        # Tornado's own request: the client's address and protocol as the server sees them now.
+        self.request = httputil.HTTPServerRequest(connection=self.conn, server_connection=self.server_conn,
+                                                  start_line=start_line, headers=headers)
+        return None
 
     def data_received(self, chunk):
         if self.delegate is not None:
@@ -100,63 +78,20 @@ class _Dispatch(httputil.HTTPMessageDelegate):
         if self.delegate is not None:
             self.delegate.finish()
             return
-        scan = self._read()
-        if scan is None:
-            self._replay()
-            return
-        key, body, parsed = scan
-        also = [gate.cache_key(parsed[0])] if parsed is not None else []
-        ctx = self.app.settings["context"]
-        known = ctx.api_keys.authenticate_now(key, also)
-        if known is None or not ctx.revocations.fresh():
-            self.task = asyncio.get_running_loop().create_task(self._answer_later(key, body, parsed, also))
-            return
-        principal, values = known
-        if principal.role not in SPEC.allow:
-            self._replay()
-            return
-        entry = ctx.revocations.check(parsed[0], gate.GateCache.decode(values[also[0]])) if also else None
-        self._write(visits.log_decision(ctx, principal, body, parsed, entry))
-
-    def _read(self) -> tuple[str, dict, tuple[str, int | None] | None] | None:
-        """(API key, body, parsed QR code) of a well-formed scan, else None."""
         try:
-            raw = json.loads(b"".join(self.chunks))
-            if not isinstance(raw, dict):
-                return None
-            body = SPEC.body.load(raw)
-        except Exception:  # malformed: GateHandler says what is wrong
-            return None
-        key = self.headers["Authorization"][7:].strip()
-        if not key:
-            return None
-        return key, body, gate.parse_qrcode(raw.get("qrcode"))
-
-    async def _answer_later(self, key: str, body: dict, parsed, also: list[str]) -> None:
-        ctx = self.app.settings["context"]
-        try:
-            principal, values = await ctx.api_keys.authenticate(key, also)
-            if principal is None or principal.role not in SPEC.allow:
-                code = None
-            else:
-                code = await visits.decide_and_log(ctx, principal, body, parsed, values)
-        except Exception:  # Redis or MongoDB unavailable (or worse): GateHandler tries again and answers
+            body = json.loads(b"".join(self.chunks), parse_constant=_not_json)
+            code = self.app.settings["context"].gate.scan_now(self.principal, SCAN.load(body))
+        except Exception:  # malformed (GateHandler says what is wrong), or worse (it answers 500)
             code = None
         if code is None:
-            self._replay()
+            self._pass_on()
         else:
-            self._write(code)
+            self._answer(code)
 
-    def _write(self, code: int) -> None:
-        body = _BODIES[code]
-        headers = httputil.HTTPHeaders()
-        headers["Date"] = _Date.now(time.time())
-        for name, value in DEFAULT_HEADERS.items():
-            headers[name] = value
-        if self.protocol == "https":
-            headers[HSTS_HEADER[0]] = HSTS_HEADER[1]
-        for name, value in ENVELOPE_HEADERS.items():
-            headers[name] = value
+    def _answer(self, code: int) -> None:
+        body = envelope(code, MESSAGES[code]).encode()
+        headers = httputil.HTTPHeaders(answer_headers(self.request.protocol))
+        headers["Date"] = httputil.format_timestamp(time.time())
         headers["Content-Length"] = str(len(body))
         if tornado.web.GZipContentEncoding in self.app.transforms:
             headers["Vary"] = "Accept-Encoding"  # as the transform says of every answer
@@ -165,34 +100,39 @@ class _Dispatch(httputil.HTTPMessageDelegate):
             self.conn.finish()
         except iostream.StreamClosedError:  # the gate hung up
             pass
-        log_access(200, "POST", PATH, self.remote_ip, time.time() - self.started, quiet=True)
-
-    def _replay(self) -> None:
-        """Pass the request on to the normal routing, as it arrived."""
-        self.delegate = self.app.route(self.server_conn, self.conn)
-        context = getattr(self.conn, "context", None)
-        if context is None:
-            self._deliver()
+        except Exception:  # nothing else is expected here; the connection's state is unknown
+            log.exception("answering a scan failed")
+            self.conn.close()
             return
-        saved = context.remote_ip, context.protocol
-        context.remote_ip, context.protocol = self.remote_ip, self.protocol
+        log_access(200, "POST", PATH, self.request.remote_ip, self.request.request_time(), quiet=True)
+
+    def _route(self, start_line, headers):
+        self.delegate = self.app.route(self.server_conn, self.conn)
+        return self.delegate.headers_received(start_line, headers)
+
+    def _pass_on(self) -> None:
+        """Give the request to GateHandler as it arrived; it streams its body, so the body follows once
+        GateHandler has admitted the request on its headers."""
         try:
-            self._deliver()
-        finally:
-            context.remote_ip, context.protocol = saved
+            admitted = self._route(self.start_line, self.request.headers)
+        except Exception:  # Tornado's routing answers errors itself: never expected
+            log.exception("passing a scan on failed")
+            self.conn.close()
+            return
+        self.task = asyncio.ensure_future(self._deliver(admitted))
 
-    def _deliver(self) -> None:
-        admitted = self.delegate.headers_received(self.start_line, self.headers)
-        if admitted is None:
-            self._send_body()
-        else:  # the handler streams its body: it takes it once prepare() has admitted the request
-            self.task = asyncio.ensure_future(self._send_body_after(admitted))
+    async def _deliver(self, admitted) -> None:
+        try:
+            if admitted is not None:
+                await admitted
+            if self.chunks:
+                self.delegate.data_received(b"".join(self.chunks))
+            self.delegate.finish()
+        except Exception:  # as above
+            log.exception("passing a scan on failed")
+            self.conn.close()
 
-    async def _send_body_after(self, admitted) -> None:
-        await admitted
-        self._send_body()
 
-    def _send_body(self) -> None:
-        if self.chunks:
-            self.delegate.data_received(b"".join(self.chunks))
-        self.delegate.finish()
+def _not_json(name: str):
+    """NaN and Infinity are not JSON, though Python's parser takes them (GateHandler refuses them)."""
+    raise ValueError(name)

@@ -220,56 +220,24 @@ class SigninHandler(VisitHandler):
 
 
 class GateHandler(APIHandler):
-    """Admin 4.2 访客二维码验证: what the gates' fast path (handlers.gatepath) passes on: errors,
-    forms, admin sessions and scans it could not decide."""
+    """Admin 4.2 访客二维码验证: the scan is wxapp.gate.Gate's; a scan whose key and token this process
+    holds is answered without waiting."""
 
-    quiet_access_log = True  # every decision is recorded in the passes collection instead
+    quiet_access_log = True  # every decision is recorded in the gate log instead
 
     @api(allow=[Role.GATE, Role.KIOSK, Role.ADMIN], summary="闸机验证访客二维码",
          description="code 0 放行；-201 二维码无效，-202 未到访问时间，-203 未签到，-204 无通行权限，-209 通行权限已过期",
-         body=Schema(Field("qrcode", max_length=512, description="二维码内容（整段 JSON 或其中的 qrcode）"),
-                     name_field("gate", 64, required=False, allow_empty=True, description="闸机名称，记入日志"),
-                     Field("direction", default="in", choices=["in", "out"],
-                           description="in 进门（默认）；out 出门：已知的二维码一律放行，并记为离开")),
-         max_body=8 * 1024)
-    async def post(self):
-        parsed = gate.parse_qrcode(self.body["qrcode"])
-        # The token is read after the key (the body comes after the key is checked); the fast path
-        # in handlers.gatepath reads both at once for ordinary scans.
-        code = await decide_and_log(self.ctx, self.principal, self.body, parsed, {})
+         body=gate.SCAN, max_body=gate.SCAN_MAX_BODY)
+    def post(self):
+        code = self.ctx.gate.scan_now(self.principal, self.body)
+        if code is None:
+            return self._scan()
         self.write_envelope(code, gate.MESSAGES[code])
+        return None
 
-
-async def decide_and_log(ctx, principal, body: dict, parsed: tuple[str, int | None] | None,
-                         prefetched: dict[str, str | None]) -> int:
-    """The gate's decision on a parsed QR code, recorded in the gate log; `prefetched` holds the
-    token's Redis value when it was read together with the API key."""
-    entry = None
-    if parsed is not None:
-        key = gate.cache_key(parsed[0])
-        if key in prefetched:
-            entry = await ctx.gate_cache.lookup(parsed[0], prefetched[key])
-        else:  # nothing was read with the key
-            entry = await ctx.gate_cache.lookup(parsed[0])
-        entry = await ctx.revocations.screen(parsed[0], entry)
-    return log_decision(ctx, principal, body, parsed, entry)
-
-
-def log_decision(ctx, principal, body: dict, parsed: tuple[str, int | None] | None, entry: dict | None) -> int:
-    """The decision code for a token's entry (already screened for revocations), queued for the gate
-    log (never waited for). Shared by GateHandler and the fast path in handlers.gatepath, so both
-    decide and log alike."""
-    now = ctx.clock()
-    code = gate.decide(entry, parsed[1] if parsed else None, now, body.get("direction", "in"))
-    if code == gate.OK and body.get("direction") == "out" and entry and "c" not in entry:
-        ctx.visits.note_exit(entry["r"], entry["p"])
-    ctx.pass_log.record({
-        "time": now, "code": code, "gate": body.get("gate", ""),
-        "key_id": principal.key_id, "key_name": principal.key_name or principal.username,
-        "record_id": (entry or {}).get("r"), "person": (entry or {}).get("p"),
-        "token_prefix": parsed[0][:6] if parsed else "", "direction": body.get("direction", "in"),
-    })
-    return code
+    async def _scan(self) -> None:
+        code = await self.ctx.gate.scan(self.principal, self.body)
+        self.write_envelope(code, gate.MESSAGES[code])
 
 
 default_handlers = [

@@ -2,6 +2,7 @@
 WeChat, Koala and Aliyun SMS per test, and the app built by `make_app` as server.py builds it."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from types import SimpleNamespace
@@ -9,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from tornado.web import create_signed_value
 
-from handlers import make_app
+from handlers import gatepath, make_app
 from handlers.proxies import ProxiedHTTPServer
 from tests.fakes import FakeKoala, FakeSms, FakeWeChat
 from tests.processes import Server
@@ -115,6 +116,27 @@ def app_context(io_loop, config, clock):
     yield context
     io_loop.run_sync(context.clients.storage.drop)
     io_loop.run_sync(context.close)
+
+
+@pytest.fixture(params=["connection", "handler"])
+def gate_path(request, io_loop, ctx, monkeypatch):
+    """Run a gate test over both paths of a scan: the connection's (handlers.gatepath, with this
+    process's near cache listening so that it can answer) and GateHandler's alone."""
+    if request.param == "handler":
+        monkeypatch.setattr(gatepath.Application, "start_request", gatepath.Application.route)
+        yield request.param
+        return
+    listening: list[asyncio.Future] = []
+
+    async def listen():
+        listening.extend([asyncio.ensure_future(ctx.near.listen()), asyncio.ensure_future(ctx.near.beat())])
+        while not ctx.near.live:
+            await asyncio.sleep(0.01)
+    io_loop.run_sync(listen, timeout=5)
+    yield request.param
+    for task in listening:
+        task.cancel()
+    io_loop.run_sync(lambda: asyncio.gather(*listening, return_exceptions=True))
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ async def test_https_is_believed_only_from_a_trusted_proxy(client, secure):
 @pytest.mark.parametrize("logged", [pytest.param("10.1.2.3", marks=trusting("127.0.0.0/8")),
                                     pytest.param("127.0.0.1", marks=trusting())])
 @pytest.mark.gen_test
-async def test_the_gate_log_names_the_address_the_proxies_vouch_for(anonymous, configured, caplog, logged):
+async def test_the_gate_log_names_the_address_the_proxies_vouch_for(gate_path, anonymous, configured, caplog, logged):
     with caplog.at_level(logging.DEBUG, logger="tornado.access"):
         resp = await anonymous.fetch("/v1/visit/qrcode", "POST", json={"qrcode": "no-such-token-0000"},
                                      key=GATE_KEY, headers={"X-Real-Ip": "10.1.2.3"})

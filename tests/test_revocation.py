@@ -72,7 +72,7 @@ async def scan(browser: Browser, qrcode: str) -> dict:
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_deletion_while_redis_takes_no_writes_closes_every_process_gate(
+async def test_a_deletion_while_redis_takes_no_writes_closes_every_process_gate(gate_path,
         journey, anonymous, ctx, background, second_process, raw_redis, fakes):
     background.start()
     rid = await journey()
@@ -117,7 +117,7 @@ async def _refused_in_redis(ctx, token: str) -> bool:
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_gate_that_hears_neither_mongodb_nor_redis_refuses_instead_of_opening(
+async def test_a_gate_that_hears_neither_mongodb_nor_redis_refuses_instead_of_opening(gate_path,
         journey, anonymous, ctx, background, raw_redis, databases):
     background.start()
     await journey()
@@ -142,7 +142,7 @@ async def _opens(browser, qrcode) -> bool:
 
 
 @pytest.mark.gen_test
-async def test_a_revocation_interrupted_after_its_commit_is_finished_by_the_sweep(journey, anonymous, ctx,
+async def test_a_revocation_interrupted_after_its_commit_is_finished_by_the_sweep(gate_path, journey, anonymous, ctx,
                                                                                   fakes, clock):
     rid = await journey()
     codes = await passes(anonymous)
@@ -172,7 +172,7 @@ async def test_revocations_expire_by_a_ttl_index_on_a_date(journey, anonymous, c
 
 
 @pytest.mark.gen_test
-async def test_tokens_revoked_before_the_revocations_collection_still_answer_no_permission(ctx, config, clock,
+async def test_tokens_revoked_before_the_revocations_collection_still_answer_no_permission(gate_path, ctx, config, clock,
                                                                                           anonymous):
     token = "legacyTokenLegacyToken01"
     await ctx.storage.db["revoked_tokens"].insert_one({"_id": token, "record_id": 7, "revoked_at": clock()})

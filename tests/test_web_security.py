@@ -33,7 +33,7 @@ async def test_every_kind_of_answer_carries_the_security_headers_and_no_banner(a
         "API error": await anonymous.fetch("/v1/config/servers"),
         "API answer": await anonymous.fetch("/v1/config/servers", key=ADMIN_KEY),
         "static file": await anonymous.fetch("/h5/static/app.js"),
-        "gate scan (fast path)": await anonymous.fetch("/v1/visit/qrcode", "POST", json={"qrcode": "x" * 32},
+        "gate scan": await anonymous.fetch("/v1/visit/qrcode", "POST", json={"qrcode": "x" * 32},
                                                        key=GATE_KEY),
         "WeChat login start": await anonymous.fetch("/wechat/oauth?next=/h5/"),
         "image": await anonymous.fetch("/qrcode/" + "a" * 32 + ".png"),

@@ -16,7 +16,7 @@ from .bindings import Bindings
 from .codes import VerificationCodes
 from .config import Config
 from .delivery import DeliveryWorker
-from .gate import GateCache, PassLog
+from .gate import Gate, GateCache, PassLog
 from .images import Images
 from .koala import KoalaClient
 from .limits import RateLimiter, VisitLimits
@@ -93,6 +93,7 @@ class Services:
     stats: Stats
     reminders: Reminders
     retention: Retention
+    gate: Gate
 
     # What handlers read besides the services: the configuration, the clock, and a few clients.
     @property
@@ -222,6 +223,7 @@ async def build_services(clients: Clients) -> Services:
         reminders=Reminders(storage, system_settings, outbox, clock, config.tz),
         retention=Retention(storage, system_settings, revocations, images, pass_log, outbox, bindings, clock,
                             config.tz),
+        gate=Gate(gate_cache, revocations, pass_log, visits.note_exit, clock),
     )
     await visits.ensure_longest_visit()
     await visits.ensure_statuses()

@@ -1,4 +1,5 @@
-"""Gate decisions on QR tokens (seed admin 4.2, CONTRACT §5): Redis first, MongoDB on a miss."""
+"""Gate decisions on QR tokens (seed admin 4.2, CONTRACT §5): this process's near cache first, then
+Redis, then MongoDB."""
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +9,10 @@ import math
 import re
 from typing import AsyncIterator, Awaitable, Callable
 
+from .auth import Principal
 from .nearcache import NearCache
 from .storage import Storage
+from .validation import Field, Schema, name_field
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,14 @@ _DAY = 86400
 _UNREAD = object()
 # How far a bucket's last entry may lie after its first: the flush interval plus a slow insert.
 BUCKET_SPAN = 60
+# The body of a scan, as the gates send it.
+SCAN = Schema(
+    Field("qrcode", max_length=512, description="二维码内容（整段 JSON 或其中的 qrcode）"),
+    name_field("gate", 64, required=False, allow_empty=True, description="闸机名称，记入日志"),
+    Field("direction", default="in", choices=["in", "out"],
+          description="in 进门（默认）；out 出门：已知的二维码一律放行，并记为离开"),
+)
+SCAN_MAX_BODY = 8 * 1024
 
 
 def parse_qrcode(content) -> tuple[str, int | None] | None:
@@ -89,6 +100,7 @@ class GateCache:
         self.clock = clock
         self.near = near
         self.refusal = refusal  # the entry of a token revoked with its record gone (wxapp.revocation)
+        self._reads: dict[tuple, asyncio.Future] = {}  # Redis reads under way, shared by their scans
 
     def _ttl(self, end_time: int) -> int:
         # Long enough to answer "expired" for a week after the visit, then fall back to MongoDB.
@@ -113,12 +125,35 @@ class GateCache:
             await pipe.execute()
         await self.near.changed(keys)
 
-    async def lookup(self, token: str, cached: str | None = _UNREAD) -> dict:
-        """The entry for a token: from `cached` (the Redis value, when the caller read it already),
-        else from Redis, else from MongoDB."""
-        if cached is _UNREAD:
-            cached = await self.redis.get(cache_key(token))
+    def held(self, token: str) -> dict | None:
+        """The entry this process's near cache holds for a token, or None; nothing is awaited."""
+        cached = self.near.get(cache_key(token))
+        return None if cached is None else self.decode(cached)
+
+    async def lookup(self, token: str) -> dict:
+        """The entry for a token: from the near cache, else Redis, else MongoDB.
+
+        Scans of the same token share one Redis read while it is under way (unless a change was
+        heard since it began): when a near-cache entry expires or changes under load, every scan in
+        flight asks at once, and each asking alone queues behind the others for the client's
+        connections (scans waited up to half a second)."""
+        key = cache_key(token)
+        cached = self.near.get(key)
+        if cached is None:
+            flight = (self.near.generation, key)
+            task = self._reads.get(flight)
+            if task is None:
+                task = self._reads[flight] = asyncio.ensure_future(self._read(key))
+                task.add_done_callback(lambda _: self._reads.pop(flight, None))
+            cached = await asyncio.shield(task)
         return self.decode(cached) if cached else await self.load(token)
+
+    async def _read(self, key: str) -> str | None:
+        generation = self.near.generation
+        cached = await self.redis.get(key)
+        if cached is not None:
+            self.near.put(key, cached, generation)
+        return cached
 
     @staticmethod
     def decode(cached: str) -> dict:
@@ -140,6 +175,59 @@ class GateCache:
             entry, ttl = {"x": 1}, 60  # unknown: remember briefly so a flood of bad codes stays cheap
         await self.redis.set(cache_key(token), json.dumps(entry), ex=ttl, nx=True)
         return entry
+
+
+class Gate:
+    """A gate's scan (admin API 4.2): the QR code parsed, the decision taken on what this process,
+    Redis or MongoDB knows of its token (revocations screened), and recorded in the gate log.
+
+    When this process holds the token (near cache) and has heard of revocations lately, `scan_now`
+    answers without waiting: no task, no await. Otherwise `scan` reads what is missing."""
+
+    def __init__(self, cache: GateCache, revocations, pass_log: "PassLog",
+                 note_exit: Callable[[int, int], None], clock: Callable[[], float]):
+        self.cache = cache
+        self.revocations = revocations  # wxapp.revocation.Revocations
+        self.pass_log = pass_log
+        self.note_exit = note_exit  # a person left by an exit scan (Visits.note_exit)
+        self.clock = clock
+
+    def scan_now(self, principal: Principal, body: dict) -> int | None:
+        """The code for a scan (`body` as SCAN loads it), decided and logged at once; None when
+        something must be read first (then `scan`)."""
+        parsed = parse_qrcode(body["qrcode"])
+        if parsed is None:
+            return self._log(principal, body, None, None)
+        entry = self.cache.held(parsed[0])
+        if entry is None or not self.revocations.fresh():
+            return None
+        return self._log(principal, body, parsed, self.revocations.check(parsed[0], entry))
+
+    async def scan(self, principal: Principal, body: dict) -> int:
+        """The code for a scan, reading the token from Redis or MongoDB and the revocations when this
+        process does not hold them; ApiError 503 when it cannot tell whether the token was revoked."""
+        parsed = parse_qrcode(body["qrcode"])
+        entry = None
+        if parsed is not None:
+            entry = await self.revocations.screen(parsed[0], await self.cache.lookup(parsed[0]))
+        return self._log(principal, body, parsed, entry)
+
+    def _log(self, principal: Principal, body: dict, parsed: tuple[str, int | None] | None,
+             entry: dict | None) -> int:
+        """The decision on a token's entry (already screened for revocations), queued for the gate log
+        (never waited for)."""
+        now = self.clock()
+        direction = body.get("direction", "in")
+        code = decide(entry, parsed[1] if parsed else None, now, direction)
+        if code == OK and direction == "out" and entry and "c" not in entry:
+            self.note_exit(entry["r"], entry["p"])
+        self.pass_log.record({
+            "time": now, "code": code, "gate": body.get("gate", ""),
+            "key_id": principal.key_id, "key_name": principal.key_name or principal.username,
+            "record_id": (entry or {}).get("r"), "person": (entry or {}).get("p"),
+            "token_prefix": parsed[0][:6] if parsed else "", "direction": direction,
+        })
+        return code
 
 
 class PassLog:

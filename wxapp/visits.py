@@ -59,6 +59,18 @@ def day_bounds(day: datetime.date, tz: ZoneInfo) -> tuple[int, int]:
     return int(start.timestamp()), int(end.timestamp())
 
 
+# The stored statuses of records ever approved (is_auth 1) and never approved (is_auth 0): a
+# decline or a cancellation may come before or after the approval.
+_AUTHORIZED = {lifecycle.APPROVED, lifecycle.SIGNED_IN, lifecycle.CHECKED_OUT, lifecycle.NO_SHOW,
+               lifecycle.DECLINED, lifecycle.CANCELLED}
+_UNAUTHORIZED = {lifecycle.PENDING, lifecycle.EXPIRED, lifecycle.DECLINED, lifecycle.CANCELLED}
+
+
+def _newest_first(record: dict) -> tuple:
+    """The key that puts records in SORT's order."""
+    return -record["start_time"], -record["_id"]
+
+
 def _equals(field: str, value) -> Callable[[dict], bool]:
     return lambda record: record.get(field) == value
 
@@ -106,6 +118,9 @@ class RecordQuery:
     checks: list
     # Visits must end after this time: with the longest visit ever stored, it also bounds start_time.
     ends_after: int | None = None
+    # The stored statuses a match may have, when the filters rule some out: a walk of the start
+    # times (Visits._walk) then reads those through the status index, not every record.
+    statuses: tuple[str, ...] | None = None
 
     def matches(self, record: dict) -> bool:
         """Whether a record passes every check."""
@@ -313,7 +328,7 @@ class Visits:
         unfiltered = not query.checks and "start_time" not in index
         total = (await self._span() or {}).get("records", 0) if unfiltered else None
         count, ids = 0, []
-        async for window in self._walk(index, _CHECKED_FIELDS):
+        async for window in self._walk(index, query.statuses, _CHECKED_FIELDS):
             for record in window:
                 if query.matches(record):
                     if skip <= count < skip + size:
@@ -334,11 +349,15 @@ class Visits:
             span = await self.storage.counters.find_one({"_id": "longest_visit"})
         return span if span is not None and "first_start" in span else None
 
-    async def _walk(self, index: dict, fields: dict | None = None) -> AsyncIterator[list[dict]]:
-        """The records `index` selects (it may bound start_time, nothing else), newest visit first,
-        in windows: each a query for one bounded range of start times, about WINDOW_RECORDS records,
-        served by the start_time index, so no query reads more than one window and other queries
-        (and the event loop) get their turn between two windows."""
+    async def _walk(self, index: dict, statuses: tuple[str, ...] | None,
+                    fields: dict | None = None) -> AsyncIterator[list[dict]]:
+        """The records `index` selects (it may bound start_time, nothing else), of `statuses` when
+        given, newest visit first, in windows: each one bounded range of start times holding about
+        WINDOW_RECORDS of them, read through the start_time index (or the status index, one query
+        per status), so no query reads more than one window and other queries (and the event loop)
+        get their turn between two windows. A window is put in order here: SecantusDB sorts in
+        memory even in an index's order (half as slow again as the read itself), and a window is
+        small."""
         span = await self._span()
         if span is None:
             return
@@ -352,9 +371,15 @@ class Visits:
         width = FIRST_WINDOW
         while high > low:
             start = max(low, high - width)
-            window = await self.storage.records.find(
-                {"start_time": {"$gte": start, "$lt": high}}, fields).sort(SORT).to_list(None)
+            times = {"start_time": {"$gte": start, "$lt": high}}
+            window = []
+            for status in statuses or (None,):
+                # Only predicates one index serves completely: SecantusDB scans the collection for
+                # a range plus any other predicate (a status list, is_auth).
+                where = times if status is None else {"status": status, **times}
+                window += await self.storage.records.find(where, fields).to_list(None)
             if window:
+                window.sort(key=_newest_first)
                 yield window
             high = start
             # The next window as wide as should hold about WINDOW_RECORDS at this one's density (at
@@ -366,7 +391,7 @@ class Visits:
         read in batches."""
         index = await self.index_query(query)
         if not self._selective(index):
-            async for window in self._walk(index, fields):
+            async for window in self._walk(index, query.statuses, fields):
                 for record in window:
                     if query.matches(record):
                         yield record
@@ -396,17 +421,22 @@ class Visits:
             ends_after = after
         else:
             ends_after = None
+        stored: set[str] = set(lifecycle.STATUSES)  # the stored statuses a match may have
         if args.get("is_auth") is not None:
             checks.append(_equals("is_auth", args["is_auth"]))
+            stored &= _AUTHORIZED if args["is_auth"] else _UNAUTHORIZED
         if args.get("status"):
             wanted, now = set(args["status"]), self.clock()
             checks.append(lambda record: lifecycle.effective(record, now) in wanted)
+            # An open visit whose window is over is seen at its end before the job stores it.
+            stored &= wanted | {status for status, move in lifecycle.AT_END.items() if move.target in wanted}
         for name in ("name", "interviewee"):
             if args.get(name):
                 checks.append(_contains(name, args[name]))
                 if not by_phone and "grams" not in index:
                     index["grams"] = gram_for(name, args[name])
-        return RecordQuery(index, checks, ends_after)
+        statuses = tuple(sorted(stored)) if stored != set(lifecycle.STATUSES) else None
+        return RecordQuery(index, checks, ends_after, statuses)
 
     async def get(self, record_id: int) -> dict:
         """A record, or 404."""

@@ -32,7 +32,7 @@ SORT = [("start_time", -1), ("_id", -1)]
 # applies a limit (an open-ended range sorted in index order, limit 20, examined 60,000 of 100,000
 # records), so only a bounded range has a bounded cost. A window holds about WINDOW_RECORDS.
 WINDOW_RECORDS = 500
-FIRST_WINDOW = 86400  # seconds; later windows widen or narrow to hold about WINDOW_RECORDS
+FIRST_WINDOW = 3600  # seconds; later windows widen or narrow to hold about WINDOW_RECORDS
 # What the checks of a list without a selective filter read (see RecordQuery): the page itself is
 # read whole by _id once found.
 _CHECKED_FIELDS = {"start_time": 1, "end_time": 1, "is_auth": 1, "status": 1, "signin_time": 1}
@@ -145,6 +145,7 @@ class Visits:
         self.settings = settings
         self.clock = clock
         self.tz = tz
+        self.window_records = WINDOW_RECORDS
 
     # --- applications ----------------------------------------------------------------------
 
@@ -368,6 +369,8 @@ class Visits:
         low = span["first_start"]
         if "$gt" in bounds:
             low = max(low, math.floor(bounds["$gt"]) + 1)
+        if fields:
+            fields = {**fields, "start_time": 1}  # a window is put in order by it
         width = FIRST_WINDOW
         while high > low:
             start = max(low, high - width)
@@ -384,7 +387,7 @@ class Visits:
             high = start
             # The next window as wide as should hold about WINDOW_RECORDS at this one's density (at
             # most four times wider, so an empty stretch of years is crossed in a few steps).
-            width = max(60, int(width * min(4.0, WINDOW_RECORDS / max(len(window), 1))))
+            width = max(60, int(width * min(4.0, self.window_records / max(len(window), 1))))
 
     async def each(self, query: "RecordQuery", fields: dict | None = None) -> AsyncIterator[dict]:
         """Every record matching `query` (only `fields` of it, when given), newest visit first,

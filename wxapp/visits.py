@@ -350,8 +350,8 @@ class Visits:
             span = await self.storage.counters.find_one({"_id": "longest_visit"})
         return span if span is not None and "first_start" in span else None
 
-    async def _walk(self, index: dict, statuses: tuple[str, ...] | None,
-                    fields: dict | None = None) -> AsyncIterator[list[dict]]:
+    async def _walk(self, index: dict, statuses: tuple[str, ...] | None, fields: dict | None = None,
+                    ahead: bool = False) -> AsyncIterator[list[dict]]:
         """The records `index` selects (it may bound start_time, nothing else), of `statuses` when
         given, newest visit first, in windows: each one bounded range of start times holding about
         WINDOW_RECORDS of them, read through the start_time index (or the status index, one query
@@ -372,8 +372,8 @@ class Visits:
         if fields:
             fields = {**fields, "start_time": 1}  # a window is put in order by it
         width = FIRST_WINDOW
-        while high > low:
-            start = max(low, high - width)
+
+        async def read(start: int, high: int) -> list[dict]:
             times = {"start_time": {"$gte": start, "$lt": high}}
             window = []
             for status in statuses or (None,):
@@ -381,20 +381,34 @@ class Visits:
                 # a range plus any other predicate (a status list, is_auth).
                 where = times if status is None else {"status": status, **times}
                 window += await self.storage.records.find(where, fields).to_list(None)
-            if window:
-                window.sort(key=_newest_first)
-                yield window
-            high = start
-            # The next window as wide as should hold about WINDOW_RECORDS at this one's density (at
-            # most four times wider, so an empty stretch of years is crossed in a few steps).
-            width = max(60, int(width * min(4.0, self.window_records / max(len(window), 1))))
+            return window
+
+        start, next_read = max(low, high - width), None
+        try:
+            while high > low:
+                window = await (next_read or read(start, high))
+                high, next_read = start, None
+                if high > low:
+                    # The next window as wide as should hold about `window_records` at this one's
+                    # density (at most four times wider, so an empty stretch of years is crossed in
+                    # a few steps); with `ahead`, read while this one is used (an export formats it).
+                    width = max(60, int(width * min(4.0, self.window_records / max(len(window), 1))))
+                    start = max(low, high - width)
+                    if ahead:
+                        next_read = asyncio.ensure_future(read(start, high))
+                if window:
+                    window.sort(key=_newest_first)
+                    yield window
+        finally:
+            if next_read is not None:
+                next_read.cancel()
 
     async def each(self, query: "RecordQuery", fields: dict | None = None) -> AsyncIterator[dict]:
         """Every record matching `query` (only `fields` of it, when given), newest visit first,
         read in batches."""
         index = await self.index_query(query)
         if not self._selective(index):
-            async for window in self._walk(index, query.statuses, fields):
+            async for window in self._walk(index, query.statuses, fields, ahead=True):
                 for record in window:
                     if query.matches(record):
                         yield record

@@ -62,6 +62,7 @@ class Population:
         self.first_day = today - datetime.timedelta(days=730)
         self.days = 730 + 14
         self.longest = 0  # the longest visit seeded so far, in seconds
+        self.first_start, self.last_start = 2 ** 62, 0  # the earliest and latest start seeded so far
 
     def name(self) -> str:
         return self.rng.choice(SURNAMES) + "".join(self.rng.choice(GIVEN) for _ in range(self.rng.choice((1, 2))))
@@ -112,11 +113,15 @@ async def seed(stack: Stack, population: Population, first_id: int, count: int, 
             docs = [population.record(first_id + offset + i) for i in range(min(batch, count - offset))]
             await ctx.storage.db.records.insert_many(docs, ordered=False)
             population.longest = max([population.longest, *(d["end_time"] - d["start_time"] for d in docs)])
+            population.first_start = min([population.first_start, *(d["start_time"] for d in docs)])
+            population.last_start = max([population.last_start, *(d["start_time"] for d in docs)])
         # What Visits.apply keeps besides the record itself: the id sequence and the longest visit.
-        await ctx.storage.db.counters.update_one({"_id": "records"}, {"$max": {"seq": first_id + count - 1}},
-                                                 upsert=True)
-        await ctx.storage.db.counters.update_one({"_id": "longest_visit"}, {"$max": {"seconds": population.longest}},
-                                              upsert=True)
+        await ctx.storage.db.counters.update_one({"_id": "records"}, {"$max": {"seq": first_id + count - 1}}, upsert=True)
+        await ctx.storage.db.counters.update_one(
+            {"_id": "longest_visit"},
+            {"$max": {"seconds": population.longest, "last_start": population.last_start},
+             "$min": {"first_start": population.first_start}, "$inc": {"records": count},
+             "$set": {"span_known": True}}, upsert=True)
         return time.perf_counter() - started
     finally:
         await context.close()

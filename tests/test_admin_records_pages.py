@@ -71,7 +71,7 @@ async def test_filters_select_what_the_admin_asked_for(admin, ctx, clock):
         "subject_type": 1, "name": "陈某", "phone": "13900000003", "purpose": 0, "remark": "", "come_from": "",
         "proposer": "13800000003", "interviewee": "孙经理", "interviewee_phone": "13800000003",
         "start_time": int(now + HOUR), "end_time": int(now + 2 * HOUR), "retinues": []}))["_id"]
-    await ctx.storage.db.records.update_one({"_id": pending}, {"$set": {"is_auth": 0}})
+    await ctx.storage.db.records.update_one({"_id": pending}, {"$set": {"is_auth": 0, "status": "pending"}})
 
     async def names(query):
         resp = await admin.fetch("/admin/records?" + query)

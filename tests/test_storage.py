@@ -4,6 +4,7 @@ import asyncio
 import pytest
 
 from wxapp.events import EVENTS
+from wxapp import storage
 from wxapp.visits import SORT
 
 
@@ -130,3 +131,57 @@ async def test_a_conditional_update_by_id_reads_one_record_not_the_collection(ct
         {"_id": 1500, "status": "approved"}, {"$set": {"status": "declined"}}, return_new=True)
     assert updated["status"] == "declined"
     assert (await ctx.storage.records.update_one({"_id": 1500, "status": "approved"}, {"$set": {"x": 1}})).matched == 0
+
+
+async def plan_of(collection, query: dict) -> tuple[list[str], int]:
+    """The stages of the plan MongoDB runs for a query, and how many documents it examined."""
+    explained = await collection.find(query).explain()
+    return plan_stages(explained["queryPlanner"]["winningPlan"]), explained["executionStats"]["totalDocsExamined"]
+
+
+@pytest.fixture
+def sent_filters(monkeypatch):
+    """The filters of every records query made while a test runs (the database answers them)."""
+    sent = []
+    for name in ("find", "each"):
+        def recording(self, query, *args, read=getattr(storage.Collection, name), **kwargs):
+            if self._collection.name == "records":
+                sent.append(query)
+            return read(self, query, *args, **kwargs)
+        monkeypatch.setattr(storage.Collection, name, recording)
+    return sent
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_lists_without_a_selective_filter_read_one_bounded_window_per_query(ctx, clock, sent_filters):
+    # 600 visits over 60 days to come, ten a day: a list of them never reads more than a window at once.
+    ctx.visits.window_records = 50
+    statuses = ("approved", "approved", "signed_in", "pending", "declined")
+    first = int(clock()) + 86400
+    docs = [{"_id": i, "start_time": first + (i // 10) * 86400 + (i % 10) * 600, "end_time": 0,
+             "status": statuses[i % 5], "is_auth": 0 if statuses[i % 5] == "pending" else 1, "signin_time": 0}
+            for i in range(1, 601)]
+    for doc in docs:
+        doc["end_time"] = doc["start_time"] + 3600
+    await ctx.storage.db.records.insert_many(docs)
+    await ctx.visits.ensure_longest_visit()  # what start-up does for records stored before
+    newest = sorted(docs, key=lambda d: (d["start_time"], d["_id"]), reverse=True)
+    pending = [d["_id"] for d in newest if d["status"] == "pending"]
+
+    items, page = await ctx.visits.find(ctx.visits.filters({}), 1, 20)
+    assert [r["_id"] for r in items] == [d["_id"] for d in newest[:20]]
+    assert (page["count"], page["total"]) == (600, 30)
+    items, page = await ctx.visits.find(ctx.visits.filters({}), 25, 20)
+    assert [r["_id"] for r in items] == [d["_id"] for d in newest[480:500]]
+    items, page = await ctx.visits.find(ctx.visits.filters({"status": ("pending",)}), 3, 30)
+    assert [r["_id"] for r in items] == pending[60:90] and page["count"] == 120
+    items, page = await ctx.visits.find(ctx.visits.filters({"is_auth": 0}), 1, 5)
+    assert [r["_id"] for r in items] == pending[:5] and page["count"] == 120
+    assert [r["_id"] async for r in ctx.visits.each(ctx.visits.filters({}), {"_id": 1})] == [d["_id"] for d in newest]
+
+    assert len(sent_filters) > 20
+    for query in list(sent_filters):  # explain() is a find too
+        stages, examined = await plan_of(ctx.storage.db.records, query)
+        # Served by an index, nothing sorted in memory, at most a few windows' worth read.
+        assert "IXSCAN" in stages and "COLLSCAN" not in stages and "SORT" not in stages, (query, stages)
+        assert examined <= 2 * ctx.visits.window_records, (query, examined)

@@ -36,9 +36,9 @@ OWNERS = {
     "records": {"Visits", "Revocations", "Retention", "Reminders", "Outbox", "GateCache"},
     "counters": {"Visits", "Images", "Retention", "Bindings"},
 }
-# TEMPORARY: the reads that still use the driver's cursor (`Collection.cursor`) until their keyset
-# paging moves them onto the collection API. None may be added.
-CURSOR_USERS = {"Visits.find", "Visits.each", "Outbox.list", "PassLog.search"}
+# TEMPORARY: the reads that still use the driver's cursor (`Collection.cursor`) until their paging
+# moves them onto the collection API. None may be added.
+CURSOR_USERS = {"Outbox.list"}
 
 
 def product_modules() -> dict[str, str]:

@@ -322,3 +322,13 @@ async def test_admin_may_authorize_any_record(people, clock, anonymous):
     rid = (await visitor.fetch("/v1/subject", "POST", json=application(
         "13900000001", now + HOUR, now + 2 * HOUR))).json()["data"]["id"]
     assert (await anonymous.fetch(f"/v1/auth/{rid}", "PUT", key=ADMIN_KEY)).json()["code"] == 0
+
+
+@pytest.mark.gen_test
+async def test_the_count_of_all_records_follows_applications_and_deletions(people, clock, anonymous):
+    visitor, employee = await people()
+    alice, *_ = await seed_records(visitor, employee, clock)
+    resp = await anonymous.fetch(f"/v1/visit/records/{alice}", "DELETE", key=ADMIN_KEY)
+    assert resp.json()["code"] == 0, resp
+    page = (await anonymous.fetch("/v1/visit/records?type=web&size=2", key=ADMIN_KEY)).json()["page"]
+    assert (page["count"], page["total"]) == (3, 2)

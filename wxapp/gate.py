@@ -11,7 +11,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from .auth import Principal
 from .nearcache import NearCache
-from .storage import Storage
+from .storage import DESCENDING, Storage
 from .validation import Field, Schema, name_field
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ class PassLog:
         query = {"time": times} if record_id is None else {"record_ids": record_id, "time": times}
         keep = limit + skip
         found: list[tuple] = []  # (time, bucket id, position, entry): a fixed order for equal times
-        async for bucket in self.storage.passes.cursor(query).sort("time", -1):
+        async for bucket in self.storage.passes.each(query, sort=[("time", DESCENDING)]):
             if len(found) >= keep and bucket["time"] + BUCKET_SPAN < found[keep - 1][0]:
                 break  # this bucket and every older one hold only older entries than those kept
             found += [(e["time"], bucket["_id"], n, e) for n, e in enumerate(bucket["entries"]) if wanted(e)]

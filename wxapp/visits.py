@@ -5,6 +5,7 @@ import asyncio
 import dataclasses
 import datetime
 import logging
+import math
 from typing import AsyncIterator, Callable
 from zoneinfo import ZoneInfo
 
@@ -27,6 +28,15 @@ log = logging.getLogger(__name__)
 
 PURPOSES = {0: "其它", 1: "面试", 2: "商务", 3: "亲友", 4: "快递送货"}
 SORT = [("start_time", -1), ("_id", -1)]
+# A list without a selective filter (a phone, a name) walks the start_time index newest first, one
+# bounded range of start times at a time: SecantusDB reads the whole range a query names before it
+# applies a limit (an open-ended range sorted in index order, limit 20, examined 60,000 of 100,000
+# records), so only a bounded range has a bounded cost. A window holds about WINDOW_RECORDS.
+WINDOW_RECORDS = 500
+FIRST_WINDOW = 3600  # seconds; later windows widen or narrow to hold about WINDOW_RECORDS
+# What the checks of a list without a selective filter read (see RecordQuery): the page itself is
+# read whole by _id once found.
+_CHECKED_FIELDS = {"start_time": 1, "end_time": 1, "is_auth": 1, "status": 1, "signin_time": 1}
 SIGNIN_LOCK_TTL = 60
 # Extends the sign-in lock only for its holder, so a sign-in slower than the TTL keeps it.
 _HOLD_LOCK = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) "
@@ -48,6 +58,18 @@ def day_bounds(day: datetime.date, tz: ZoneInfo) -> tuple[int, int]:
     start = datetime.datetime.combine(day, datetime.time(), tz)
     end = datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time(), tz)
     return int(start.timestamp()), int(end.timestamp())
+
+
+# The stored statuses of records ever approved (is_auth 1) and never approved (is_auth 0): a
+# decline or a cancellation may come before or after the approval.
+_AUTHORIZED = {lifecycle.APPROVED, lifecycle.SIGNED_IN, lifecycle.CHECKED_OUT, lifecycle.NO_SHOW,
+               lifecycle.DECLINED, lifecycle.CANCELLED}
+_UNAUTHORIZED = {lifecycle.PENDING, lifecycle.EXPIRED, lifecycle.DECLINED, lifecycle.CANCELLED}
+
+
+def _newest_first(record: dict) -> tuple:
+    """The key that puts records in SORT's order."""
+    return -record["start_time"], -record["_id"]
 
 
 def _equals(field: str, value) -> Callable[[dict], bool]:
@@ -89,13 +111,17 @@ def gram_for(field: str, text: str) -> str:
 @dataclasses.dataclass
 class RecordQuery:
     """A records filter split in two: `index`, the predicates one index serves completely, sent to
-    MongoDB; `checks`, the rest, applied to the records the index yields. Every list is driven by a
-    selective index (a phone, or the visit time), so its cost follows the matches, not the collection."""
+    MongoDB; `checks`, the rest, applied to the records the index yields. A list is driven by a
+    selective index (a phone, a name's gram) or walks the visit time's index in bounded windows
+    (Visits._walk), so no query reads more than the matches or one window."""
 
     index: dict
     checks: list
     # Visits must end after this time: with the longest visit ever stored, it also bounds start_time.
     ends_after: int | None = None
+    # The stored statuses a match may have, when the filters rule some out: a walk of the start
+    # times (Visits._walk) then reads those through the status index, not every record.
+    statuses: tuple[str, ...] | None = None
 
     def matches(self, record: dict) -> bool:
         """Whether a record passes every check."""
@@ -121,6 +147,7 @@ class Visits:
         self.settings = settings
         self.clock = clock
         self.tz = tz
+        self.window_records = WINDOW_RECORDS
 
     # --- applications ----------------------------------------------------------------------
 
@@ -150,6 +177,7 @@ class Visits:
             interviewee, department = binding.get("name") or values["interviewee"], binding.get("department", "")
             is_auth, status, event = 1, lifecycle.APPROVED, "approval_pass_to_visitor"
         photos: list[str] = []
+        counted = False
         try:
             for person in people:
                 photos.append(await self._save_photo(person.get("photo")))
@@ -168,12 +196,18 @@ class Visits:
                 "created_by": binding["_id"], "create_time": int(self.clock()),
                 "pending_events": [event],
             }
-            # First: lists rely on no stored visit being longer than this (see index_query).
+            # First: lists rely on no stored visit being longer than this (see index_query), on the
+            # stored start times lying within [first_start, last_start] and on the count (see _walk).
             await self.storage.counters.update_one(
-                {"_id": "longest_visit"}, {"$max": {"seconds": end - start}}, upsert=True)
+                {"_id": "longest_visit"},
+                {"$max": {"seconds": end - start, "last_start": start}, "$min": {"first_start": start},
+                 "$inc": {"records": 1}}, upsert=True)
+            counted = True
             record["grams"] = search_grams(record)
             await self.storage.records.insert_one(record)
         except Exception:
+            if counted:
+                await self._count_records(-1)
             # Not stored: the photos go too (or, if even that fails, the image sweep takes them).
             try:
                 await self.images.delete(photos)
@@ -225,16 +259,31 @@ class Visits:
     # --- lists -------------------------------------------------------------------------------
 
     async def ensure_longest_visit(self) -> None:
-        """Work the longest visit out of the stored records when nothing has recorded it yet
-        (`index_query` relies on it never being shorter than a stored visit)."""
-        if await self.storage.counters.find_one({"_id": "longest_visit"}) is not None:
+        """Work out of the stored records what `apply` keeps for the lists (the longest visit, the
+        first and last start time, how many records there are) when nothing has recorded it yet: a
+        database from before it was kept (`index_query` and `_walk` rely on it)."""
+        known = await self.storage.counters.find_one({"_id": "longest_visit"})
+        if known is not None and known.get("span_known"):
             return
         result = await self.storage.records.aggregate([
-            {"$group": {"_id": None, "seconds": {"$max": {"$subtract": ["$end_time", "$start_time"]}}}},
+            {"$group": {"_id": None, "seconds": {"$max": {"$subtract": ["$end_time", "$start_time"]}},
+                        "first_start": {"$min": "$start_time"}, "last_start": {"$max": "$start_time"},
+                        "records": {"$sum": 1}}},
         ])
         if result and result[0]["seconds"] is not None:
+            found = result[0]
             await self.storage.counters.update_one(
-                {"_id": "longest_visit"}, {"$max": {"seconds": result[0]["seconds"]}}, upsert=True)
+                {"_id": "longest_visit"},
+                {"$max": {"seconds": found["seconds"], "last_start": found["last_start"]},
+                 "$min": {"first_start": found["first_start"]},
+                 "$set": {"records": found["records"], "span_known": True}}, upsert=True)
+
+    async def _count_records(self, change: int) -> None:
+        """Keep the count of stored records (the `count` of an unfiltered list) current."""
+        try:
+            await self.storage.counters.update_one({"_id": "longest_visit"}, {"$inc": {"records": change}})
+        except Exception:  # a count one off is better than a failure here; a restart keeps it
+            log.exception("the count of records was not changed by %s", change)
 
     async def index_query(self, query: "RecordQuery") -> dict:
         """What MongoDB is asked: the indexed predicates, the start of the visit bounded too when
@@ -248,14 +297,22 @@ class Visits:
                 index["start_time"] = {**index.get("start_time", {}), **bound}
         return index
 
+    @staticmethod
+    def _selective(index: dict) -> bool:
+        """Whether an index query names a phone, a party or a name gram: the records of one person or
+        one name, read in one query; otherwise the list walks the start_time index (see _walk)."""
+        return any(field != "start_time" for field in index)
+
     async def find(self, query: "RecordQuery", page: int, size: int) -> tuple[list[dict], dict]:
         """One page of records matching `query`, newest visit first."""
         skip = (page - 1) * size
+        index = await self.index_query(query)
+        if not self._selective(index):
+            return await self._walk_page(query, index, skip, size, page)
         if not query.checks:
-            index = await self.index_query(query)
             count = await self.storage.records.count(index)
-            cursor = self.storage.records.cursor(index).sort(SORT).skip(skip).limit(size)
-            return await cursor.to_list(size), page_of(count, page, size)
+            items = await self.storage.records.find(index, sort=SORT, skip=skip, limit=size)
+            return items, page_of(count, page, size)
         count, items = 0, []
         async for record in self.each(query):
             if skip <= count < skip + size:
@@ -263,11 +320,100 @@ class Visits:
             count += 1
         return items, page_of(count, page, size)
 
+    async def _walk_page(self, query: "RecordQuery", index: dict, skip: int, size: int,
+                         page: int) -> tuple[list[dict], dict]:
+        """`find` without a selective filter: the windows of _walk, read with only the fields the
+        checks need; the page's records are then read whole by _id. Every record is counted unless
+        nothing filters the list: then the count kept by `apply` is the count, and the walk stops
+        at the end of the page."""
+        unfiltered = not query.checks and "start_time" not in index
+        total = (await self._span() or {}).get("records", 0) if unfiltered else None
+        count, ids = 0, []
+        async for window in self._walk(index, query.statuses, _CHECKED_FIELDS):
+            for record in window:
+                if query.matches(record):
+                    if skip <= count < skip + size:
+                        ids.append(record["_id"])
+                    count += 1
+            if unfiltered and count >= skip + size:
+                break
+        found = {r["_id"]: r for r in await self.storage.records.find({"_id": {"$in": ids}})}
+        items = [found[i] for i in ids if i in found]
+        return items, page_of(max(count, total) if unfiltered else count, page, size)
+
+    async def _span(self) -> dict | None:
+        """What `apply` keeps for the lists (first_start, last_start, records), None when no record
+        was ever stored."""
+        span = await self.storage.counters.find_one({"_id": "longest_visit"})
+        if span is None or not span.get("span_known"):  # records stored before it was kept
+            await self.ensure_longest_visit()
+            span = await self.storage.counters.find_one({"_id": "longest_visit"})
+        return span if span is not None and "first_start" in span else None
+
+    async def _walk(self, index: dict, statuses: tuple[str, ...] | None, fields: dict | None = None,
+                    ahead: bool = False) -> AsyncIterator[list[dict]]:
+        """The records `index` selects (it may bound start_time, nothing else), of `statuses` when
+        given, newest visit first, in windows: each one bounded range of start times holding about
+        WINDOW_RECORDS of them, read through the start_time index (or the status index, one query
+        per status), so no query reads more than one window and other queries (and the event loop)
+        get their turn between two windows. A window is put in order here: SecantusDB sorts in
+        memory even in an index's order (half as slow again as the read itself), and a window is
+        small."""
+        span = await self._span()
+        if span is None:
+            return
+        bounds = index.get("start_time", {})
+        high = span["last_start"] + 1  # start times are whole seconds
+        if "$lt" in bounds:
+            high = min(high, math.ceil(bounds["$lt"]))
+        low = span["first_start"]
+        if "$gt" in bounds:
+            low = max(low, math.floor(bounds["$gt"]) + 1)
+        if fields:
+            fields = {**fields, "start_time": 1}  # a window is put in order by it
+        width = FIRST_WINDOW
+
+        async def read(start: int, high: int) -> list[dict]:
+            times = {"start_time": {"$gte": start, "$lt": high}}
+            window = []
+            for status in statuses or (None,):
+                # Only predicates one index serves completely: SecantusDB scans the collection for
+                # a range plus any other predicate (a status list, is_auth).
+                where = times if status is None else {"status": status, **times}
+                window += await self.storage.records.find(where, fields)
+            return window
+
+        start, next_read = max(low, high - width), None
+        try:
+            while high > low:
+                window = await (next_read or read(start, high))
+                high, next_read = start, None
+                if high > low:
+                    # The next window as wide as should hold about `window_records` at this one's
+                    # density (at most four times wider, so an empty stretch of years is crossed in
+                    # a few steps); with `ahead`, read while this one is used (an export formats it).
+                    width = max(60, int(width * min(4.0, self.window_records / max(len(window), 1))))
+                    start = max(low, high - width)
+                    if ahead:
+                        next_read = asyncio.ensure_future(read(start, high))
+                if window:
+                    window.sort(key=_newest_first)
+                    yield window
+        finally:
+            if next_read is not None:
+                next_read.cancel()
+
     async def each(self, query: "RecordQuery", fields: dict | None = None) -> AsyncIterator[dict]:
         """Every record matching `query` (only `fields` of it, when given), newest visit first,
         read in batches."""
         index = await self.index_query(query)
-        async for record in self.storage.records.cursor(index, fields).sort(SORT).batch_size(500):
+        if not self._selective(index):
+            async for window in self._walk(index, query.statuses, fields, ahead=True):
+                for record in window:
+                    if query.matches(record):
+                        yield record
+            return
+        async for record in self.storage.records.each(index, fields, sort=SORT, batch_size=500):
             if query.matches(record):
                 yield record
 
@@ -292,17 +438,22 @@ class Visits:
             ends_after = after
         else:
             ends_after = None
+        stored: set[str] = set(lifecycle.STATUSES)  # the stored statuses a match may have
         if args.get("is_auth") is not None:
             checks.append(_equals("is_auth", args["is_auth"]))
+            stored &= _AUTHORIZED if args["is_auth"] else _UNAUTHORIZED
         if args.get("status"):
             wanted, now = set(args["status"]), self.clock()
             checks.append(lambda record: lifecycle.effective(record, now) in wanted)
+            # An open visit whose window is over is seen at its end before the job stores it.
+            stored &= wanted | {status for status, move in lifecycle.AT_END.items() if move.target in wanted}
         for name in ("name", "interviewee"):
             if args.get(name):
                 checks.append(_contains(name, args[name]))
                 if not by_phone and "grams" not in index:
                     index["grams"] = gram_for(name, args[name])
-        return RecordQuery(index, checks, ends_after)
+        statuses = tuple(sorted(stored)) if stored != set(lifecycle.STATUSES) else None
+        return RecordQuery(index, checks, ends_after, statuses)
 
     async def get(self, record_id: int) -> dict:
         """A record, or 404."""
@@ -627,7 +778,9 @@ class Visits:
         await self.outbox.cancel(record_id)
         await self._queue_koala_cleanup(record, now=False)
         await self.images.delete([record.get("photo")] + [p.get("photo") for p in record["retinues"]])
-        await self.storage.records.delete_one({"_id": record_id, "revoked.reason": "deleted"})
+        deleted = await self.storage.records.delete_one({"_id": record_id, "revoked.reason": "deleted"})
+        if deleted.deleted_count:
+            await self._count_records(-1)
         await self.remove_koala_subjects()
 
     async def _queue_koala_cleanup(self, record: dict, now: bool = True) -> None:

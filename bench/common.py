@@ -131,15 +131,17 @@ class Stack:
                       mongo_db=mongo_db, redis_url=self.redis.url, secret_key=SECRET_KEY,
                       api_keys=(("admin", ADMIN_KEY), ("gate", GATE_KEY)), sms_backend="off")
 
-    def start_app(self, root: Path = ROOT, name: str = "server.py", mongo_db: str = "visitor") -> Child:
+    def start_app(self, root: Path = ROOT, name: str = "server.py", mongo_db: str = "visitor",
+                  script: str = "server.py") -> Child:
         """The real server: `python server.py` with the databases given through its environment
-        (`root`: another checkout of it, e.g. an older version to compare with)."""
+        (`root`: another checkout of it, e.g. an older version to compare with; `script`: a variant
+        of server.py in bench/)."""
         port = free_port()
         base = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "REDIS_", "SECRET_", "API_"))}
         env = {**base, "HOST": "127.0.0.1", "PORT": str(port), "MONGO_URI": self.mongo.uri, "MONGO_DB": mongo_db,
                "REDIS_URL": self.redis.url, "API_KEYS": API_KEYS, "SECRET_KEY": SECRET_KEY,
                "DATA_DIR": str(self.tmp / "var"), "SMS_BACKEND": "off", "PYTHONUNBUFFERED": "1"}
-        child = Child(name, [sys.executable, "server.py"], env, self.tmp / f"server-{mongo_db}.log", port, root)
+        child = Child(name, [sys.executable, script], env, self.tmp / f"server-{mongo_db}.log", port, root)
         self.children.append(child)
         return child.start("/healthz")
 

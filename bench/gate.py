@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GATE_KEY, CpuWatch, PySpy, Stack, write_results  # noqa: E402
+from common import GATE_KEY, Child, CpuWatch, PySpy, Stack, write_results  # noqa: E402
 
 from wxapp.context import build_context  # noqa: E402
 from wxapp.security import new_token  # noqa: E402
@@ -170,6 +170,9 @@ def main() -> int:
                         help="seconds to wait for other processes to calm down before each run")
     parser.add_argument("--compare-ref", metavar="REF", action="append", default=[],
                         help="also measure the server of this git ref (e.g. c8e74ab) in the same rounds; repeatable")
+    parser.add_argument("--handler-only", action="store_true",
+                        help="also measure this code with every scan taken by GateHandler "
+                             "(bench/handler_only_server.py) in the same rounds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--no-redis-reference", action="store_true",
@@ -201,17 +204,27 @@ def main() -> int:
         # The sides, measured one at a time; with several rounds they alternate, so a slow spell
         # of the machine hits each. "bare+redis" is information: the bare endpoint plus one Redis GET.
         urls = {"bare": stack.start_bare().url, "gate": app.url}
-        for n, ref in enumerate(args.compare_ref):
-            side, db = f"gate@{ref}", f"compare{n}"
-            other = stack.start_app(checkout(ref, stack.tmp / db), f"server.py@{ref}", mongo_db=db)
+        def add_side(side: str, server: Child, db: str) -> bool:
+            """Another server measured in the same rounds, on its own database with its own seeded visit."""
             _, other_qr = asyncio.run(seed_visit(stack, db))
             other_body = json.dumps({"qrcode": other_qr, "gate": "east-1"}, ensure_ascii=False)
-            if post(other.url + "/v1/visit/qrcode", other_body.encode(), GATE_KEY).get("code") != 0:
+            if post(server.url + "/v1/visit/qrcode", other_body.encode(), GATE_KEY).get("code") != 0:
                 print(f"{side}: the gate does not open for its seeded QR code", file=sys.stderr)
-                return 1
+                return False
             scripts[side] = stack.tmp / f"post-{db}.lua"
             scripts[side].write_text(LUA_TEMPLATE.format(body=other_body, key=GATE_KEY))
-            urls[side] = other.url
+            urls[side] = server.url
+            return True
+
+        if args.handler_only and not add_side("gate (handler only)", stack.start_app(
+                name="handler_only_server.py", mongo_db="handler_only", script="bench/handler_only_server.py"),
+                "handler_only"):
+            return 1
+        for n, ref in enumerate(args.compare_ref):
+            db = f"compare{n}"
+            if not add_side(f"gate@{ref}", stack.start_app(checkout(ref, stack.tmp / db), f"server.py@{ref}",
+                                                           mongo_db=db), db):
+                return 1
         if not args.no_redis_reference:
             urls["bare+redis"] = stack.start_bare(redis=True).url
         urls = {name: url + "/v1/visit/qrcode" for name, url in urls.items()}

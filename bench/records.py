@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ADMIN_KEY, CpuWatch, PySpy, Stack, write_results  # noqa: E402
 
 from wxapp.context import build_context  # noqa: E402
-from wxapp.visits import SORT  # noqa: E402
+from wxapp.lifecycle import status_of  # noqa: E402
+from wxapp.visits import SORT, search_grams  # noqa: E402
 
 GOAL_FACTOR = 3.0
 TZ = ZoneInfo("Asia/Shanghai")
@@ -99,6 +100,8 @@ class Population:
                 person["koala_id"] = record_id * 10 + i
                 person["token"] = f"t{record_id:09d}x{i}" + "A" * 20
             record["tokens"] = [p["token"] for p in [record, *retinues]]
+        record["status"] = status_of(record)  # what apply and sign-in store
+        record["grams"] = search_grams(record)  # name search's index keys, as apply stores them
         return record
 
 

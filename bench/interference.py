@@ -307,10 +307,12 @@ def main() -> int:
     search_name = common_bigram(population)
     visitor_name, visitor_phone, _ = population.visitors[0]
     with Stack(keep=args.keep) as stack:
-        app = stack.start_app()
-        watch = CpuWatch(stack)
+        # Seeded before the server starts, so its background jobs begin with the seeded retention
+        # period (records.seed) instead of anonymising the records as they arrive.
         took = asyncio.run(seed(stack, population, 1, args.records))
         print(f"seeded {args.records:,} records in {took:.1f} s ({args.records / took:,.0f}/s)", flush=True)
+        app = stack.start_app()
+        watch = CpuWatch(stack)
         record_id, qr = asyncio.run(seed_visit(stack))  # after the records: its id follows theirs
         admin_cookie, wechat_cookie = asyncio.run(sessions(stack, visitor_phone))
         load = {"name": search_name, "admin": admin_cookie, "rows": args.records + 1}  # + the gate's visit

@@ -15,7 +15,7 @@ alternating rounds, it measures:
   (time to its first byte and to its end, rows), and the time to just read those rows from MongoDB
   (one `find` in index order from this process).
 
-    .venv/bin/python bench/interference.py                       # ~10 minutes (seeding 100k: ~3)
+    .venv/bin/python bench/interference.py                       # 15-20 minutes, half of it seeding
     .venv/bin/python bench/interference.py --records 5000 --duration 5 --rounds 1
 
 Goals: name search p50 <= 100 ms; gate p99 <= 20 ms in every condition; /h5/records p99 <= 50 ms

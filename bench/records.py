@@ -37,9 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ADMIN_KEY, CpuWatch, PySpy, Stack, write_results  # noqa: E402
 
 from wxapp.context import build_context  # noqa: E402
-from wxapp.visits import SORT  # noqa: E402
+from wxapp import lifecycle  # noqa: E402
+from wxapp.visits import SORT, search_grams  # noqa: E402
 
 GOAL_FACTOR = 3.0
+RETENTION_DAYS = 3650
 TZ = ZoneInfo("Asia/Shanghai")
 DAY = 86400
 SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢"
@@ -100,6 +102,16 @@ class Population:
                 person["koala_id"] = record_id * 10 + i
                 person["token"] = f"t{record_id:09d}x{i}" + "A" * 20
             record["tokens"] = [p["token"] for p in [record, *retinues]]
+        record["status"] = lifecycle.status_of(record)  # as apply and sign-in store it
+        if record["status"] in lifecycle.AT_END and end <= self.now:
+            # Over: as the end-of-window job left it (the server would otherwise move them all meanwhile).
+            move = lifecycle.AT_END[record["status"]]
+            record["status"] = move.target
+            if move is lifecycle.CHECK_OUT:
+                record["checkout_time"] = end
+            if move.gate_code is not None:
+                record["revoked"] = {"reason": move.name, "code": move.gate_code, "at": float(end)}
+        record["grams"] = search_grams(record)  # name search's index keys, as apply stores them
         return record
 
 
@@ -108,6 +120,9 @@ async def seed(stack: Stack, population: Population, first_id: int, count: int, 
     context = await build_context(stack.config())  # creates the indexes first (a no-op when they exist)
     ctx = context.services
     try:
+        # Visits go back two years: keep them as seeded (with the default 180 days the retention job
+        # would anonymise three quarters of them while the benchmark runs).
+        await ctx.system_settings.save_retention({"retention_days": RETENTION_DAYS})
         started = time.perf_counter()
         for offset in range(0, count, batch):
             docs = [population.record(first_id + offset + i) for i in range(min(batch, count - offset))]

@@ -6,6 +6,10 @@ import json
 
 import pytest
 
+from tornado.simple_httpclient import HTTPStreamClosedError
+
+from wxapp import storage
+
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USER, GATE_KEY
 
 HOUR = 3600
@@ -173,3 +177,37 @@ async def test_the_csv_export_opens_in_excel_with_the_filtered_list(admin, ctx, 
     assert [row[1] for row in rows[1:]] == ["王小明", "'=HYPERLINK(\"http://x\")"]  # latest first; no formula
     assert rows[2][2] == "139****0001" and rows[2][3] == "1" and rows[2][4] == "随行一"
     assert "13900000001" not in text and "13800000002" not in text
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_export_the_database_breaks_off_is_a_failed_download_not_a_short_file(admin, ctx, clock,
+                                                                                    monkeypatch):
+    start = int(clock()) + HOUR
+    await ctx.storage.db.records.insert_many([{
+        "_id": i, "subject_type": 1, "name": f"访客{i}", "phone": f"139{i:08d}", "purpose": 2, "remark": "",
+        "come_from": "", "proposer": "13800000002", "interviewee": "李经理", "interviewee_phone": "13800000002",
+        "department": "市场部", "start_time": start + i, "end_time": start + i + HOUR, "photo": "", "token": "",
+        "retinues": [], "tokens": [], "is_auth": 1, "status": "approved", "signin_time": 0,
+        "phones": [f"139{i:08d}"], "parties": [f"139{i:08d}"], "create_time": start - HOUR, "pending_events": [],
+    } for i in range(1, 351)])
+    whole = await admin.fetch("/admin/records.csv")
+    assert whole.status == 200 and len(list(csv.reader(io.StringIO(whole.body.decode("utf-8-sig"))))) == 351
+    each = ctx.visits.each
+
+    async def failing(*args, **kwargs):  # the database gives up on the read after 250 rows
+        n = 0
+        async for record in each(*args, **kwargs):
+            n += 1
+            if n > 250:
+                raise storage.UNAVAILABLE_ERRORS[0]("operation cancelled")
+            yield record
+    monkeypatch.setattr(ctx.visits, "each", failing)
+    with pytest.raises(HTTPStreamClosedError):  # the connection ends without the last chunk
+        await admin.fetch("/admin/records.csv")
+    # Before anything was sent, the failure is an error page, not a download.
+    monkeypatch.setattr(ctx.visits, "each", lambda *a, **k: failing_at_once())
+
+    async def failing_at_once():
+        raise storage.UNAVAILABLE_ERRORS[0]("no primary")
+        yield  # an async generator
+    assert (await admin.fetch("/admin/records.csv")).status == 503

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import logging
 from urllib.parse import parse_qsl, quote, urlencode
 
 from wxapp import lifecycle
@@ -14,6 +15,8 @@ from wxapp.events import CHANNEL_LABELS, EVENT_LABELS
 from wxapp.outbox import STATUS_LABELS as OUTBOX_STATUS_LABELS
 
 from .base import AdminPageHandler, mask_phone
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 20
 FILTERS = ("name", "phone", "interviewee", "interviewee_phone", "start", "end", "is_auth", "status")
@@ -102,17 +105,25 @@ class RecordExportHandler(RecordsPage):
         buffer.write("\ufeff")  # the BOM makes Excel read UTF-8 instead of the local code page
         writer.writerow(CSV_COLUMNS)
         rows = 0
-        async for record in self.ctx.visits.each(self.ctx.visits.filters(args)):
-            writer.writerow([_cell(value) for value in self.row(record)])
-            rows += 1
-            if rows % EXPORT_BATCH == 0:
-                # Hand the rows to the connection and let the event loop serve others (gates above
-                # all) before formatting more: a long export must never hold the loop.
-                self.write(buffer.getvalue())
-                buffer.seek(0)
-                buffer.truncate()
-                await self.flush()
-                await asyncio.sleep(0)
+        try:
+            async for record in self.ctx.visits.each(self.ctx.visits.filters(args)):
+                writer.writerow([_cell(value) for value in self.row(record)])
+                rows += 1
+                if rows % EXPORT_BATCH == 0:
+                    # Hand the rows to the connection and let the event loop serve others (gates above
+                    # all) before formatting more: a long export must never hold the loop.
+                    self.write(buffer.getvalue())
+                    buffer.seek(0)
+                    buffer.truncate()
+                    await self.flush()
+                    await asyncio.sleep(0)
+        except Exception:
+            if rows >= EXPORT_BATCH:
+                # Rows were sent already, under a 200: end the connection without the last chunk, so
+                # the browser reports a failed download instead of saving a short file as complete.
+                log.exception("the CSV export failed after %d rows; its download is broken off", rows)
+                self.request.connection.close()
+            raise
         self.finish(buffer.getvalue())
 
     def row(self, record: dict) -> list:

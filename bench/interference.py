@@ -45,7 +45,6 @@ from records import Population, percentile, seed  # noqa: E402
 from wxapp.context import build_context  # noqa: E402
 from wxapp.security import derive_key  # noqa: E402
 from wxapp.storage import Storage  # noqa: E402
-from wxapp.visits import SORT  # noqa: E402
 
 GOAL_SEARCH_P50_MS = 100.0
 GOAL_GATE_P99_MS = 20.0
@@ -72,28 +71,30 @@ def common_bigram(population: Population) -> str:
 async def sessions(stack: Stack, visitor_phone: str) -> tuple[str, str]:
     """An admin session and a visitor's WeChat session, made through the app's services (the logins
     themselves are tested elsewhere); returns their signed cookie values."""
-    ctx = await build_context(stack.config())
+    context = await build_context(stack.config())
+    ctx = context.services
     try:
         await ctx.bindings.bind_visitor(VISITOR_OPENID, visitor_phone, None)  # no SMS code with SMS off
         wechat_sid = await ctx.wechat_sessions.create({"openid": VISITOR_OPENID})
         admin_sid = await ctx.admin_sessions.create({"username": ADMIN_USER}, owner=ADMIN_USER)
     finally:
-        await ctx.close()
+        await context.close()
     secret = derive_key(SECRET_KEY, "cookie-signing").hex()
     return (create_signed_value(secret, "admin_session", admin_sid).decode(),
             create_signed_value(secret, "wx_session", wechat_sid).decode())
 
 
 async def read_all(stack: Stack) -> dict:
-    """Every record, read the way the export reads them (one find in index order, batches of 500),
-    decoded in this process: what the export costs before it formats anything. The driver waits up
-    to READ_TIMEOUT_MS for SecantusDB (the server's 5 s would cut the read when it stalls)."""
+    """Every record, read with one plain find (no filter, no order: the cheapest full read there is,
+    batches of 500) and decoded in this process: what any export costs before it orders or formats
+    anything. The driver waits up to READ_TIMEOUT_MS for SecantusDB (the server's 5 s would cut the
+    read when it stalls)."""
     config = stack.config()
     storage = Storage(config.mongo_uri, config.mongo_db, timeout_ms=READ_TIMEOUT_MS)
     try:
         started = time.perf_counter()
         rows = 0
-        async for _ in storage.records.find({}).sort(SORT).hint("start_id").batch_size(500):
+        async for _ in storage.db.records.find({}).batch_size(500):
             rows += 1
         return {"seconds": time.perf_counter() - started, "rows": rows}
     finally:

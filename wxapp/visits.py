@@ -765,7 +765,7 @@ class Visits:
         await self._queue_koala_cleanup(record, now=False)
         await self.images.delete([record.get("photo")] + [p.get("photo") for p in record["retinues"]])
         deleted = await self.storage.records.delete_one({"_id": record_id, "revoked.reason": "deleted"})
-        if deleted.deleted_count:
+        if deleted:
             await self._count_records(-1)
         await self.remove_koala_subjects()
 

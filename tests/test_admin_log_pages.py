@@ -195,6 +195,11 @@ async def test_notifications_page_to_older_ones_and_back_without_repeats_or_gaps
     beyond = await browser.fetch(f"/admin/notifications?status=failed&before={now - 200 * DAY!r}&id=x")
     assert rows(beyond) == [] and "没有发送失败的通知" in beyond.text
     assert link(beyond, "latest") == "/admin/notifications?status=failed"
+    # Positions far outside every entry's time are walked from the nearest end, not across the void.
+    far = await browser.fetch("/admin/notifications?before=1e300&id=x")
+    assert [r[4] for r in rows(far)] == newest[:20]
+    far = await browser.fetch("/admin/notifications?after=-1e300&id=x")
+    assert [r[4] for r in rows(far)] == newest[-20:] and link(far, "newer")
 
 
 @pytest.fixture

@@ -163,11 +163,11 @@ class Outbox:
         entries lie beyond them: {"older": bool, "newer": bool}. Only the windows up to the page's
         end are read, however many entries there are."""
         if after is not None:
-            newer = await self._collect(status, size + 1, after[0], self._top(), after=after)
+            newer = await self._collect(status, size + 1, max(EPOCH, after[0]), self._top(), after=after)
             if len(newer) > size:
                 return newer[size - 1::-1], {"older": True, "newer": True}
             before = None  # the newest page
-        high = math.nextafter(before[0], math.inf) if before is not None else self._top()
+        high = min(math.nextafter(before[0], math.inf), self._top()) if before is not None else self._top()
         older = await self._collect(status, size + 1, EPOCH, high, before=before)
         return older[:size], {"older": len(older) > size, "newer": before is not None}
 

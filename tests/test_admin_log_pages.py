@@ -6,10 +6,7 @@ import re
 import pytest
 
 from tests.test_signin_and_gate import approved_visit, check, signin  # noqa: F401 (approved_visit: a fixture)
-from tests.test_storage import plan_of
-from wxapp import storage
 from wxapp.gate import PassLog
-from wxapp.outbox import COUNTING_WINDOW_ENTRIES
 
 DAY = 86400
 
@@ -200,57 +197,6 @@ async def test_notifications_page_to_older_ones_and_back_without_repeats_or_gaps
     assert [r[4] for r in rows(far)] == newest[:20]
     far = await browser.fetch("/admin/notifications?after=-1e300&id=x")
     assert [r[4] for r in rows(far)] == newest[-20:] and link(far, "newer")
-
-
-@pytest.fixture
-def outbox_filters(monkeypatch):
-    """The filters of every outbox query made while a test runs (the database answers them)."""
-    sent = []
-    for name in ("find", "find_one", "each", "count"):
-        def recording(self, query, *args, read=getattr(storage.Collection, name), **kwargs):
-            if self._collection.name == "outbox":
-                sent.append(query)
-            return read(self, query, *args, **kwargs)
-        monkeypatch.setattr(storage.Collection, name, recording)
-    return sent
-
-
-@pytest.mark.gen_test(timeout=120)
-async def test_the_notifications_page_reads_one_bounded_window_of_an_index_per_query(
-        admin_login, ctx, clock, outbox_filters):
-    # 1,200 entries over the last 60 days, twenty a day, half failed: no query reads more than a window.
-    ctx.outbox.window_entries = 50
-    now = clock()
-    await ctx.storage.db.outbox.insert_many([
-        entry(n, "failed" if n % 2 else "sent", now - 60 * DAY + (n // 20) * DAY + (n % 20) * 600)
-        for n in range(1200)])
-    browser = await admin_login()
-    for status in ("", "failed"):
-        url, pages = f"/admin/notifications?status={status}", 0
-        while url and pages < 4:
-            page = await browser.fetch(url)
-            assert len(rows(page)) == 20
-            url, pages = link(page, "older"), pages + 1
-        back = await browser.fetch(link(page, "newer"))
-        assert len(rows(back)) == 20
-    # The oldest page walks down to the epoch: the empty years below cost a few empty reads.
-    last = await browser.fetch(f"/admin/notifications?before={now - 60 * DAY + 1800!r}&id=a")
-    assert [r[4] for r in rows(last)] == ["#2", "#1", "#0"] and link(last, "older") is None
-    page_queries = list(outbox_filters)
-    entries, page = await ctx.outbox.list("failed", 3, 100)  # GET /v1/notifications: the exact count
-    assert page["count"] == 600 and len(entries) == 100
-
-    assert len(page_queries) > 20
-    for query in list(outbox_filters):
-        if "_id" in query:
-            continue  # the /v1 page, read by id
-        assert "created_at" in query and {"$gte", "$lt"} <= set(query["created_at"]), query
-        stages, examined = await plan_of(ctx.storage.db.outbox, query)
-        # Served by an index, nothing sorted in memory, at most a few windows' worth read (the /v1
-        # count reads larger windows of times alone).
-        assert "IXSCAN" in stages and "COLLSCAN" not in stages and "SORT" not in stages, (query, stages)
-        window = ctx.outbox.window_entries if query in page_queries else COUNTING_WINDOW_ENTRIES
-        assert examined <= 3 * window, (query, examined)
 
 
 @pytest.mark.gen_test

@@ -26,7 +26,6 @@ from .visits import GateHandler
 log = logging.getLogger("visitor.http")
 
 PATH = "/v1/visit/qrcode"
-_ALLOW = GateHandler.post.api_spec.allow
 _OK = httputil.ResponseStartLine("", 200, httputil.responses[200])
 
 
@@ -56,7 +55,7 @@ class _Scan(httputil.HTTPMessageDelegate):
         if (start_line.method == "POST" and start_line.path == PATH and scheme.lower() == "bearer" and key.strip()
                 and not form and length.isdigit() and int(length) <= SCAN_MAX_BODY):
             known = self.app.settings["context"].api_keys.authenticate_now(key.strip())
-        if known is None or known[0].role not in _ALLOW:
+        if known is None or known[0].role not in GateHandler.post.api_spec.allow:
             return self._route(start_line, headers)
         self.principal, self.start_line, self.chunks = known[0], start_line, []
         # Tornado's own request: the client's address and protocol as the server sees them now.

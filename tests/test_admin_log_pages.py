@@ -103,7 +103,7 @@ async def test_the_status_filter_and_masked_phones(admin_login, journey, ctx):
     await ctx.storage.db.outbox.update_many({"channel": "wechat"}, {"$set": {"status": "skipped"}})
     browser = await admin_login()
     everything = await browser.fetch("/admin/notifications")
-    assert len(rows(everything)) == 8 and "共 8 条通知" in everything.text
+    assert len(rows(everything)) == 8 and "全部通知，最新的在前" in everything.text
     texts = [cells[3] for cells in rows(everything)]
     assert {"139****0001", "138****0002"} <= set(texts)
     assert "13900000001" not in everything.text and "13800000002" not in everything.text
@@ -114,25 +114,89 @@ async def test_the_status_filter_and_masked_phones(admin_login, journey, ctx):
     assert [r[2] for r in rows(await browser.fetch("/admin/notifications?status=pending"))] == ["短信"] * 4
     assert rows(await browser.fetch("/admin/notifications?status=sent")) == []
     assert (await browser.fetch("/admin/notifications?status=lost")).status == 400
-    assert (await browser.fetch("/admin/notifications?page=x")).status == 400
+    for cursor in ("before=x&id=a", "before=1&id=", "after=nan&id=a", "after=inf&id=a"):
+        malformed = await browser.fetch(f"/admin/notifications?{cursor}")
+        assert malformed.status == 400 and "翻页位置无效" in malformed.text, cursor
+
+
+def link(page, name: str) -> str | None:
+    """The href of the element with id `name` on a page, if it has one."""
+    found = re.search(rf'id="{name}" href="([^"]+)"', page.text)
+    return html.unescape(found.group(1)) if found else None
+
+
+def entry(n: int, status: str, created_at: float, event: str = "signin_to_visitor") -> dict:
+    return {"_id": f"{event}:{n}:sms", "event": event, "channel": "sms", "to": "13900000001", "record_id": n,
+            "status": status, "attempts": 1, "last_error": "", "due_at": created_at, "created_at": created_at}
 
 
 @pytest.mark.gen_test
 async def test_notifications_are_paged_newest_first(admin_login, ctx, clock):
     now = clock()
-    await ctx.storage.db.outbox.insert_many([
-        {"_id": f"signin_to_visitor:{n}:sms", "event": "signin_to_visitor", "channel": "sms", "to": "13900000001",
-         "record_id": n, "status": "sent" if n % 2 else "failed", "attempts": 1, "last_error": "",
-         "due_at": now, "created_at": now - 100 + n} for n in range(1, 51)])
+    await ctx.storage.db.outbox.insert_many([entry(n, "sent" if n % 2 else "failed", now - 100 + n) for n in range(1, 51)])
     browser = await admin_login()
     first = await browser.fetch("/admin/notifications?status=failed")
     assert [r[4] for r in rows(first)] == [f"#{n}" for n in range(50, 10, -2)]
-    assert 'href="/admin/notifications?status=failed&amp;page=2"' in first.text
-    second = await browser.fetch("/admin/notifications?status=failed&page=2")
+    assert link(first, "newer") is None and link(first, "latest") is None
+    older = link(first, "older")
+    assert older == f"/admin/notifications?status=failed&before={now - 100 + 12!r}&id=signin_to_visitor%3A12%3Asms"
+    second = await browser.fetch(older)
     assert [r[4] for r in rows(second)] == [f"#{n}" for n in range(10, 0, -2)]
+    assert link(second, "older") is None and link(second, "latest") == "/admin/notifications?status=failed"
+    back = await browser.fetch(link(second, "newer"))  # fewer than a page is newer: the newest page
+    assert [r[4] for r in rows(back)] == [r[4] for r in rows(first)] and link(back, "newer") is None
     refused = await retry(browser, "signin_to_visitor:1:sms", "failed")  # sent: 409, the list below the message
     assert refused.status == 409 and [r[4] for r in rows(refused)] == [r[4] for r in rows(first)]
-    assert 'href="/admin/notifications?status=failed&amp;page=2"' in refused.text
+    assert link(refused, "older") == older
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_notifications_page_to_older_ones_and_back_without_repeats_or_gaps(admin_login, ctx, clock):
+    # 130 entries over four months, some of one state change at the same time, with a gap of weeks;
+    # one in a minute's future (another process's clock) and a status of its own.
+    now = clock()
+    times = [now - 120 * DAY + (n // 3) * 7200 for n in range(60)] + [now - 20 * DAY + (n // 2) * 600 for n in range(70)]
+    docs = [entry(n, "failed" if n % 5 == 0 else "sent", t) for n, t in enumerate(times, start=1)]
+    docs.append(entry(999, "pending", now + 30, "cancel_to_visitor"))
+    await ctx.storage.db.outbox.insert_many(docs)
+    newest = [f"#{d['record_id']}" for d in sorted(docs, key=lambda d: (d["created_at"], d["_id"]), reverse=True)]
+    browser = await admin_login()
+
+    pages, url = [], "/admin/notifications"
+    while url:
+        page = await browser.fetch(url)
+        assert page.status == 200 and (link(page, "newer") is None) == (not pages)
+        pages.append(page)
+        url = link(page, "older")
+    assert [len(rows(p)) for p in pages] == [20] * 6 + [11]
+    assert [r[4] for p in pages for r in rows(p)] == newest
+    assert [r[0] for r in rows(pages[0])][0] == datetime.datetime.fromtimestamp(
+        now + 30, ctx.config.tz).strftime("%Y-%m-%d %H:%M:%S")[:len(rows(pages[0])[0][0])]
+    # Back from the oldest page, page by page, to the newest.
+    page, shown = pages[-1], []
+    while (url := link(page, "newer")):
+        page = await browser.fetch(url)
+        shown.append([r[4] for r in rows(page)])
+    assert shown == [[r[4] for r in rows(p)] for p in pages[-2::-1]]
+    assert link(page, "latest") is None
+
+    # The status filter is kept across the links.
+    failed = [f"#{d['record_id']}" for d in sorted(docs, key=lambda d: (d["created_at"], d["_id"]), reverse=True)
+              if d["status"] == "failed"]
+    first = await browser.fetch("/admin/notifications?status=failed")
+    second = await browser.fetch(link(first, "older"))
+    assert [r[4] for r in rows(first) + rows(second)] == failed and link(second, "older") is None
+    assert all(r[5] == "发送失败" for r in rows(first) + rows(second))
+    assert "status=failed" in link(second, "newer") and "status=failed" in link(second, "latest")
+    # Past the oldest entry: an empty page that leads back to the newest.
+    beyond = await browser.fetch(f"/admin/notifications?status=failed&before={now - 200 * DAY!r}&id=x")
+    assert rows(beyond) == [] and "没有发送失败的通知" in beyond.text
+    assert link(beyond, "latest") == "/admin/notifications?status=failed"
+    # Positions far outside every entry's time are walked from the nearest end, not across the void.
+    far = await browser.fetch("/admin/notifications?before=1e300&id=x")
+    assert [r[4] for r in rows(far)] == newest[:20]
+    far = await browser.fetch("/admin/notifications?after=-1e300&id=x")
+    assert [r[4] for r in rows(far)] == newest[-20:] and link(far, "newer")
 
 
 @pytest.mark.gen_test

@@ -5,6 +5,7 @@ import pytest
 
 from wxapp.events import EVENTS
 from wxapp import storage
+from wxapp.outbox import COUNTING_WINDOW_ENTRIES
 from wxapp.visits import SORT
 
 
@@ -125,7 +126,8 @@ async def test_redis_commands_sent_together_do_not_queue_for_their_connections(c
 @pytest.mark.gen_test
 async def test_a_conditional_update_by_id_reads_one_record_not_the_collection(ctx):
     await ctx.storage.db.records.insert_many([{"_id": i, "status": "approved"} for i in range(1, 2001)])
-    plan = await ctx.storage.records.cursor({"_id": 1500, "status": "approved"}).explain()
+    # The cursor `find` and `each` read through, with the hint they give.
+    plan = await ctx.storage.records._cursor({"_id": 1500, "status": "approved"}, None, None).explain()
     assert plan["executionStats"]["totalDocsExamined"] == 1, plan["executionStats"]
     updated = await ctx.storage.records.find_one_and_update(
         {"_id": 1500, "status": "approved"}, {"$set": {"status": "declined"}}, return_new=True)
@@ -139,17 +141,29 @@ async def plan_of(collection, query: dict) -> tuple[list[str], int]:
     return plan_stages(explained["queryPlanner"]["winningPlan"]), explained["executionStats"]["totalDocsExamined"]
 
 
-@pytest.fixture
-def sent_filters(monkeypatch):
-    """The filters of every records query made while a test runs (the database answers them)."""
+def recorded_filters(monkeypatch, collection: str, reads: tuple[str, ...]) -> list[dict]:
+    """The filters of every query of `collection` by the Collection methods `reads` made from now
+    on, while the test runs (the database answers them)."""
     sent = []
-    for name in ("find", "each"):
+    for name in reads:
         def recording(self, query, *args, read=getattr(storage.Collection, name), **kwargs):
-            if self._collection.name == "records":
+            if self._collection.name == collection:
                 sent.append(query)
             return read(self, query, *args, **kwargs)
         monkeypatch.setattr(storage.Collection, name, recording)
     return sent
+
+
+@pytest.fixture
+def sent_filters(monkeypatch):
+    """The filters of every records query made while a test runs (the database answers them)."""
+    return recorded_filters(monkeypatch, "records", ("find", "each"))
+
+
+@pytest.fixture
+def outbox_filters(monkeypatch):
+    """The filters of every outbox read made while a test runs (the database answers them)."""
+    return recorded_filters(monkeypatch, "outbox", ("find", "find_one", "each", "count"))
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -185,3 +199,47 @@ async def test_lists_without_a_selective_filter_read_one_bounded_window_per_quer
         # Served by an index, nothing sorted in memory, at most a few windows' worth read.
         assert "IXSCAN" in stages and "COLLSCAN" not in stages and "SORT" not in stages, (query, stages)
         assert examined <= 2 * ctx.visits.window_records, (query, examined)
+
+
+def outbox_entry(n: int, status: str, created_at: float) -> dict:
+    return {"_id": f"signin_to_visitor:{n}:sms", "event": "signin_to_visitor", "channel": "sms",
+            "to": "13900000001", "record_id": n, "status": status, "attempts": 1, "last_error": "",
+            "due_at": created_at, "created_at": created_at}
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_the_notification_lists_read_one_bounded_window_of_an_index_per_query(ctx, clock, outbox_filters):
+    # 1,200 entries over the last 60 days, twenty a day, half failed: what /admin/notifications reads
+    # (Outbox.browse) never reads more than a window at once, nor what GET /v1/notifications reads.
+    ctx.outbox.window_entries = 50
+    now, day = clock(), 86400
+    await ctx.storage.db.outbox.insert_many([
+        outbox_entry(n, "failed" if n % 2 else "sent", now - 60 * day + (n // 20) * day + (n % 20) * 600)
+        for n in range(1200)])
+    for status in (None, "failed"):
+        entries, more, pages = [], {"older": True}, 0
+        while more["older"] and pages < 4:
+            cursor = {"before": (entries[-1]["created_at"], entries[-1]["_id"])} if entries else {}
+            entries, more = await ctx.outbox.browse(status, 20, **cursor)
+            assert len(entries) == 20
+            pages += 1
+        back, more = await ctx.outbox.browse(status, 20, after=(entries[-1]["created_at"], entries[-1]["_id"]))
+        assert len(back) == 20 and more == {"older": True, "newer": True}
+    # The oldest page walks down to the epoch: the empty years below cost a few empty reads.
+    oldest, more = await ctx.outbox.browse(None, 20, before=(now - 60 * day + 1800, "a"))
+    assert [e["record_id"] for e in oldest] == [2, 1, 0] and not more["older"]
+    page_queries = list(outbox_filters)
+    entries, page = await ctx.outbox.list("failed", 3, 100)
+    assert page["count"] == 600 and len(entries) == 100
+
+    assert len(page_queries) > 20
+    for query in list(outbox_filters):
+        if "_id" in query:
+            continue  # the /v1 page, read by id
+        assert "created_at" in query and {"$gte", "$lt"} <= set(query["created_at"]), query
+        stages, examined = await plan_of(ctx.storage.db.outbox, query)
+        # Served by an index, nothing sorted in memory, at most a few windows' worth read (the /v1
+        # count reads larger windows of times alone).
+        assert "IXSCAN" in stages and "COLLSCAN" not in stages and "SORT" not in stages, (query, stages)
+        window = ctx.outbox.window_entries if query in page_queries else COUNTING_WINDOW_ENTRIES
+        assert examined <= 3 * window, (query, examined)

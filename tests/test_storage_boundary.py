@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from wxapp.storage import ASCENDING, DESCENDING, INDEXES, DuplicateKeyError, Updated
+from wxapp.storage import ASCENDING, DESCENDING, INDEXES, Collection, DuplicateKeyError, Updated
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DRIVERS = {"motor", "pymongo", "bson"}
@@ -36,9 +36,6 @@ OWNERS = {
     "records": {"Visits", "Revocations", "Retention", "Reminders", "Outbox", "GateCache"},
     "counters": {"Visits", "Images", "Retention", "Bindings"},
 }
-# TEMPORARY: the reads that still use the driver's cursor (`Collection.cursor`) until their paging
-# moves them onto the collection API. None may be added.
-CURSOR_USERS = {"Outbox.list"}
 
 
 def product_modules() -> dict[str, str]:
@@ -124,7 +121,7 @@ def test_the_import_check_sees_every_form_of_import():
 def test_no_module_outside_storage_speaks_the_drivers_words():
     offenders = {path: words for path, source in product_modules().items()
                  if path != "wxapp/storage.py"
-                 and (words := [(word, where) for word, where in driver_words(source) if where not in CURSOR_USERS])}
+                 and (words := driver_words(source))}
     assert offenders == {}
 
 
@@ -166,9 +163,17 @@ def test_the_ownership_check_names_a_stranger():
     assert [use for use in uses if use[1] not in OWNERS[use[0]]] == uses
 
 
-def test_only_the_reads_awaiting_keyset_paging_use_the_drivers_cursor():
+def test_no_module_uses_a_drivers_cursor():
     users = {user for source in product_modules().values() for user in cursor_users(source)}
-    assert users <= CURSOR_USERS
+    assert users == set()
+    assert not hasattr(Collection, "cursor")  # the collection API offers none
+
+
+def test_the_cursor_check_names_a_user():
+    source = ("class Outbox:\n"
+              "    async def list(self):\n"
+              "        return await self.storage.outbox.cursor({}).sort('created_at', -1).to_list(20)\n")
+    assert cursor_users(source) == ["Outbox.list"]
 
 
 # --- the collection API, against the real database ----------------------------------------------

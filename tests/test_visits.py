@@ -332,3 +332,15 @@ async def test_the_count_of_all_records_follows_applications_and_deletions(peopl
     assert resp.json()["code"] == 0, resp
     page = (await anonymous.fetch("/v1/visit/records?type=web&size=2", key=ADMIN_KEY)).json()["page"]
     assert (page["count"], page["total"]) == (3, 2)
+
+
+@pytest.mark.gen_test
+async def test_a_deletion_is_finished_at_once_and_lowers_the_kept_count_of_records(people, clock, anonymous, ctx,
+                                                                                   caplog):
+    visitor, employee = await people()
+    alice, *_ = await seed_records(visitor, employee, clock)
+    kept = (await ctx.storage.db.counters.find_one({"_id": "longest_visit"}))["records"]
+    resp = await anonymous.fetch(f"/v1/visit/records/{alice}", "DELETE", key=ADMIN_KEY)
+    assert resp.json()["code"] == 0, resp
+    assert (await ctx.storage.db.counters.find_one({"_id": "longest_visit"}))["records"] == kept - 1
+    assert "will be finished later" not in caplog.text

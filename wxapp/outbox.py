@@ -6,12 +6,14 @@ entry per channel (ids `<event>:<record id>:<channel>`, so none is ever written 
 clears them. `sweep` finishes the job for a process that died in between."""
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Callable, Iterable
+import math
+from typing import AsyncIterator, Callable, Iterable
 
 from .bindings import Bindings
 from .events import EVENTS
-from .paging import page_of
+from .paging import page_of, windows
 from .errors import ApiError
 from .storage import ASCENDING, DuplicateKeyError, Storage
 
@@ -41,6 +43,24 @@ assert set(RECIPIENT) == set(EVENTS)
 BATCH_WINDOW = 300
 BATCHED = {"approval_reminder_to_employee"}
 
+# The lists walk the created_at indexes ("created", or "status_created" for one status: equality and
+# a range) newest first in bounded windows (wxapp.paging.windows), each holding about WINDOW_ENTRIES
+# entries, the first FIRST_WINDOW seconds wide: SecantusDB reads the whole range a query names (and
+# sorts in memory even in an index's order), so no query may be open-ended.
+WINDOW_ENTRIES = 200
+COUNTING_WINDOW_ENTRIES = 500  # the /v1 list counts every entry, reading only their times (~25 ms a window at 100k)
+FIRST_WINDOW = 3600
+# Every entry was created after this (created_at is a Unix time): a walk down to it is exact, and the
+# empty years below the oldest entry are crossed in about ten reads that find nothing in the index.
+EPOCH = 0.0
+# How far ahead of this process's clock another process's may have dated an entry.
+CLOCK_SKEW = 60
+
+
+def _key(entry: dict) -> tuple:
+    """The lists' order: by creation time, then id (the entries of one state change share a time)."""
+    return entry["created_at"], entry["_id"]
+
 
 class Outbox:
     """The outbox collection's one owner: writes entries for records' pending events, hands them to
@@ -52,6 +72,7 @@ class Outbox:
         self.bindings = bindings
         self.clock = clock
         self.on_write = on_write  # called after entries become due, to wake the delivery worker
+        self.window_entries = WINDOW_ENTRIES
 
     async def _recipient(self, event: str, record: dict) -> tuple[str, str]:
         """(openid or "", phone) of the person an event is for."""
@@ -104,12 +125,66 @@ class Outbox:
             return None
         return f"{event}:{channel}:{to}:{visitor}:{slot}"
 
+    def _windows(self, status: str | None, low: float, high: float, *, fields: dict | None = None,
+                 size: int = 0, oldest_first: bool = False) -> AsyncIterator[list[dict]]:
+        """The entries (of `status`, when given) created in [low, high), in windows (see WINDOW_ENTRIES),
+        each in no particular order."""
+        async def read(start: float, end: float) -> list[dict]:
+            where: dict = {"created_at": {"$gte": start, "$lt": end}}
+            if status:
+                where = {"status": status, **where}
+            return await self.storage.outbox.find(where, fields)
+
+        return windows(read, low, high, size=size or self.window_entries, first=FIRST_WINDOW,
+                       oldest_first=oldest_first)
+
+    def _top(self) -> float:
+        """Above the creation time of every entry."""
+        return self.clock() + CLOCK_SKEW
+
     async def list(self, status: str | None, page: int, size: int) -> tuple[list[dict], dict]:
-        """One page of entries, newest first."""
-        query = {"status": status} if status else {}
-        count = await self.storage.outbox.count(query)
-        cursor = self.storage.outbox.cursor(query).sort("created_at", -1).skip((page - 1) * size).limit(size)
-        return await cursor.to_list(size), page_of(count, page, size)
+        """One page of entries (of `status`, when given), newest first, with the count of all of them
+        (GET /v1/notifications): every entry is counted from its time alone, walked in windows, and
+        the page's entries are then read whole by id."""
+        skip, count, ids = (page - 1) * size, 0, []
+        walk = self._windows(status, EPOCH, self._top(), fields={"created_at": 1}, size=COUNTING_WINDOW_ENTRIES)
+        async for window in walk:
+            window.sort(key=_key, reverse=True)
+            ids += [entry["_id"] for entry in window[max(0, skip - count):max(0, skip + size - count)]]
+            count += len(window)
+        found = {entry["_id"]: entry for entry in await self.storage.outbox.find({"_id": {"$in": ids}})}
+        return [found[i] for i in ids if i in found], page_of(count, page, size)
+
+    async def browse(self, status: str | None, size: int, *, before: tuple[float, str] | None = None,
+                     after: tuple[float, str] | None = None) -> tuple[list[dict], dict]:
+        """`size` entries (of `status`, when given), newest first, for /admin/notifications, paged by
+        the position (created_at, id) of an entry: the newest ones; those just older than `before`;
+        or those just newer than `after` (the newest ones when fewer than `size` are). Also whether
+        entries lie beyond them: {"older": bool, "newer": bool}. Only the windows up to the page's
+        end are read, however many entries there are."""
+        if after is not None:
+            newer = await self._collect(status, size + 1, max(EPOCH, after[0]), self._top(), after=after)
+            if len(newer) > size:
+                return newer[size - 1::-1], {"older": True, "newer": True}
+            before = None  # the newest page
+        high = min(math.nextafter(before[0], math.inf), self._top()) if before is not None else self._top()
+        older = await self._collect(status, size + 1, EPOCH, high, before=before)
+        return older[:size], {"older": len(older) > size, "newer": before is not None}
+
+    async def _collect(self, status: str | None, limit: int, low: float, high: float, *,
+                       before: tuple | None = None, after: tuple | None = None) -> list[dict]:
+        """Up to `limit` entries created in [low, high) whose position is below `before` (newest
+        first) or, given `after`, above it (oldest first)."""
+        found: list[dict] = []
+        walk = self._windows(status, low, high, oldest_first=after is not None)
+        async with contextlib.aclosing(walk):
+            async for window in walk:
+                window.sort(key=_key, reverse=after is None)
+                found += [entry for entry in window
+                          if (before is None or _key(entry) < before) and (after is None or _key(entry) > after)]
+                if len(found) >= limit:
+                    break
+        return found[:limit]
 
     async def for_record(self, record_id: int) -> list[dict]:
         """A record's notifications, oldest first."""

@@ -183,12 +183,6 @@ class Collection:
             cursor = cursor.batch_size(batch_size)
         return cursor
 
-    def cursor(self, query: dict | None = None, *args, **kwargs):
-        """TEMPORARY: the driver's own cursor, for the record lists and the CSV export (Visits.find,
-        Visits.each) and the admin list reads (Outbox.list, PassLog.search) until their keyset paging
-        lands on this API. Nothing else may use it."""
-        return self._collection.find(query, *args, **_by_id(query, kwargs))
-
     # --- writes --------------------------------------------------------------------------------
 
     async def insert_one(self, doc: dict) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -18,7 +19,7 @@ from .images import Images, decode_photo
 from .koala import KoalaClient, KoalaError, KoalaNotConfigured
 from .outbox import Outbox
 from .qrcodes import qr_content
-from .paging import page_of
+from .paging import page_of, windows
 from .revocation import Revocations
 from .security import new_token
 from .storage import ASCENDING, Storage
@@ -371,7 +372,6 @@ class Visits:
             low = max(low, math.floor(bounds["$gt"]) + 1)
         if fields:
             fields = {**fields, "start_time": 1}  # a window is put in order by it
-        width = FIRST_WINDOW
 
         async def read(start: int, high: int) -> list[dict]:
             times = {"start_time": {"$gte": start, "$lt": high}}
@@ -383,25 +383,11 @@ class Visits:
                 window += await self.storage.records.find(where, fields)
             return window
 
-        start, next_read = max(low, high - width), None
-        try:
-            while high > low:
-                window = await (next_read or read(start, high))
-                high, next_read = start, None
-                if high > low:
-                    # The next window as wide as should hold about `window_records` at this one's
-                    # density (at most four times wider, so an empty stretch of years is crossed in
-                    # a few steps); with `ahead`, read while this one is used (an export formats it).
-                    width = max(60, int(width * min(4.0, self.window_records / max(len(window), 1))))
-                    start = max(low, high - width)
-                    if ahead:
-                        next_read = asyncio.ensure_future(read(start, high))
-                if window:
-                    window.sort(key=_newest_first)
-                    yield window
-        finally:
-            if next_read is not None:
-                next_read.cancel()
+        walk = windows(read, low, high, size=self.window_records, first=FIRST_WINDOW, ahead=ahead)
+        async with contextlib.aclosing(walk):  # a caller that stops early cancels the read ahead now
+            async for window in walk:
+                window.sort(key=_newest_first)
+                yield window
 
     async def each(self, query: "RecordQuery", fields: dict | None = None) -> AsyncIterator[dict]:
         """Every record matching `query` (only `fields` of it, when given), newest visit first,

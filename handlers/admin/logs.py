@@ -10,7 +10,7 @@ from wxapp.gate import MESSAGES
 from wxapp.events import CHANNEL_LABELS, EVENT_LABELS
 from wxapp.outbox import STATUS_LABELS as OUTBOX_STATUS_LABELS
 from wxapp.outbox import RETRYABLE, STATUSES
-from wxapp.validation import PAGE, RECORD_ID, Field
+from wxapp.validation import RECORD_ID, Field
 
 from .base import AdminPageHandler, mask_phone
 
@@ -50,36 +50,52 @@ def cursor(before: str, skip: str) -> tuple[float, int]:
     return time, int(skip or 0)
 
 
+def position(time: str, entry_id: str) -> tuple[float, str]:
+    """A notification's place in the list, from the page's query: its creation time and its id."""
+    try:
+        created = float(time)
+    except ValueError:
+        created = math.nan
+    if not math.isfinite(created) or not entry_id or len(entry_id) > 128:
+        raise ApiError(400, "翻页位置无效，请从第一页重新查看")
+    return created, entry_id
+
+
 class NotificationsPage(AdminPageHandler):
     """What the notification list and its retry form share: rendering the list."""
 
     nav = "/admin/notifications"
-    current = ""  # the status shown
 
-    def page_url(self, page: int) -> str:
-        """The list's URL with the shown status and another page number (also after a retry's POST)."""
-        args = {"status": self.current} if self.current else {}
-        return "/admin/notifications?" + urlencode({**args, "page": page})
-
-    async def show(self, status: str, page_text: str, error: str = "", code: int = 200) -> None:
-        """Render one page of the outbox, newest first, optionally of one status."""
+    async def show(self, status: str, before: str = "", after: str = "", entry_id: str = "", error: str = "",
+                   code: int = 200) -> None:
+        """Render a page of the outbox, newest first, optionally of one status: the newest entries, or
+        those older than the entry (`before`, `entry_id`) or newer than it (`after`, `entry_id`)."""
         if status and status not in STATUSES:
             raise ApiError(400, "未知的发送状态")
-        self.current = status
-        page = checked(PAGE, page_text, "页码应为正整数") if page_text else 1
-        entries, paging = await self.ctx.outbox.list(status or None, page, NOTIFICATIONS_PER_PAGE)
+        kept = {"status": status} if status else {}
+        cursor = {"before": position(before, entry_id)} if before else \
+            {"after": position(after, entry_id)} if after else {}
+        entries, more = await self.ctx.outbox.browse(status or None, NOTIFICATIONS_PER_PAGE, **cursor)
+
+        def link(direction: str, entry: dict) -> str:
+            return "/admin/notifications?" + urlencode({**kept, direction: repr(entry["created_at"]), "id": entry["_id"]})
+
         self.render_admin(
-            "admin/notifications.html", status=code, entries=entries, page=paging, current=status, error=error,
+            "admin/notifications.html", status=code, entries=entries, current=status, error=error,
+            latest=("/admin/notifications?" + urlencode(kept)).rstrip("?") if more["newer"] else "",
+            newer=link("after", entries[0]) if entries and more["newer"] else "",
+            older=link("before", entries[-1]) if entries and more["older"] else "",
             statuses=STATUSES, status_labels=OUTBOX_STATUS_LABELS, styles=STATUS_STYLES,
             event_labels=EVENT_LABELS, channel_labels=CHANNEL_LABELS, retryable=RETRYABLE, recipient=recipient,
         )
 
 
 class NotificationsHandler(NotificationsPage):
-    """GET /admin/notifications?status=&page=: the outbox."""
+    """GET /admin/notifications?status=&before=|after=&id=: the outbox, newest first, 20 at a time;
+    "更早的通知" continues after the last one shown, "较新的通知" before the first."""
 
     async def get(self):
-        await self.show(self.get_query_argument("status", ""), self.get_query_argument("page", ""))
+        await self.show(*(self.get_query_argument(name, "") for name in ("status", "before", "after", "id")))
 
 
 class RetryHandler(NotificationsPage):
@@ -91,7 +107,7 @@ class RetryHandler(NotificationsPage):
         try:
             await self.ctx.outbox.retry(entry_id)
         except ApiError as exc:
-            await self.show(status, "1", error=exc.message, code=exc.status)
+            await self.show(status, error=exc.message, code=exc.status)
             return
         args = {"status": status} if status else {}
         self.redirect("/admin/notifications?" + urlencode({**args, "done": "retried"}))

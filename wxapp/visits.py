@@ -38,6 +38,9 @@ FIRST_WINDOW = 3600  # seconds; later windows widen or narrow to hold about WIND
 # What the checks of a list without a selective filter read (see RecordQuery): the page itself is
 # read whole by _id once found.
 _CHECKED_FIELDS = {"start_time": 1, "end_time": 1, "is_auth": 1, "status": 1, "signin_time": 1}
+# ... and what a selective list's checks read besides (names as substrings, the other phones).
+_MATCHED_FIELDS = {**_CHECKED_FIELDS, "name": 1, "interviewee": 1, "phone": 1, "proposer": 1, "interviewee_phone": 1,
+                   "parties": 1}
 SIGNIN_LOCK_TTL = 60
 # Extends the sign-in lock only for its holder, so a sign-in slower than the TTL keeps it.
 _HOLD_LOCK = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) "
@@ -314,12 +317,13 @@ class Visits:
             count = await self.storage.records.count(index)
             items = await self.storage.records.find(index, sort=SORT, skip=skip, limit=size)
             return items, page_of(count, page, size)
-        count, items = 0, []
-        async for record in self.each(query):
+        # Matched on the few fields the checks read; only the page's records are read whole.
+        count, ids = 0, []
+        async for record in self.each(query, _MATCHED_FIELDS):
             if skip <= count < skip + size:
-                items.append(record)
+                ids.append(record["_id"])
             count += 1
-        return items, page_of(count, page, size)
+        return await self._by_ids(ids), page_of(count, page, size)
 
     async def _walk_page(self, query: "RecordQuery", index: dict, skip: int, size: int,
                          page: int) -> tuple[list[dict], dict]:
@@ -338,9 +342,12 @@ class Visits:
                     count += 1
             if unfiltered and count >= skip + size:
                 break
-        found = {r["_id"]: r for r in await self.storage.records.find({"_id": {"$in": ids}})}
-        items = [found[i] for i in ids if i in found]
-        return items, page_of(max(count, total) if unfiltered else count, page, size)
+        return await self._by_ids(ids), page_of(max(count, total) if unfiltered else count, page, size)
+
+    async def _by_ids(self, ids: list[int]) -> list[dict]:
+        """The records of `ids`, whole, in that order (one gone meanwhile is left out)."""
+        found = {r["_id"]: r for r in await self.storage.records.find({"_id": {"$in": ids}})} if ids else {}
+        return [found[i] for i in ids if i in found]
 
     async def _span(self) -> dict | None:
         """What `apply` keeps for the lists (first_start, last_start, records), None when no record

@@ -63,7 +63,6 @@ class ApiKeys:
         self.redis = redis
         self.clock = clock
         self.near = near
-        self._reads: dict[tuple, asyncio.Future] = {}  # authenticate() reads under way
 
     @staticmethod
     def _cache_key(key_hash: str) -> str:
@@ -142,17 +141,9 @@ class ApiKeys:
         """The principal for a presented key (None when unknown or revoked), and the values of the
         Redis keys in `also`, read in the same round trip.
 
-        Calls for the same key and names share one read while it is under way, unless a change was
-        heard since it began. When the near cache's entries expire under load, every gate scan in
-        flight asks at once; each asking alone costs a queue of Redis reads (the client hands out
-        its connections one event-loop pass at a time), which made scans wait up to half a second."""
+        Calls for the same key and names share one read while it is under way (NearCache.shared)."""
         key_hash = security.hash_api_key(key)
-        flight = (self.near.generation, key_hash, *also)
-        task = self._reads.get(flight)
-        if task is None:
-            task = self._reads[flight] = asyncio.ensure_future(self._read(key_hash, also))
-            task.add_done_callback(lambda _: self._reads.pop(flight, None))
-        return await asyncio.shield(task)
+        return await self.near.shared((key_hash, *also), lambda: self._read(key_hash, also))
 
     async def _read(self, key_hash: str, also: list[str]) -> tuple[Principal | None, dict]:
         names = [self._cache_key(key_hash), *also]

@@ -100,7 +100,6 @@ class GateCache:
         self.clock = clock
         self.near = near
         self.refusal = refusal  # the entry of a token revoked with its record gone (wxapp.revocation)
-        self._reads: dict[tuple, asyncio.Future] = {}  # Redis reads under way, shared by their scans
 
     def _ttl(self, end_time: int) -> int:
         # Long enough to answer "expired" for a week after the visit, then fall back to MongoDB.
@@ -131,21 +130,12 @@ class GateCache:
         return None if cached is None else self.decode(cached)
 
     async def lookup(self, token: str) -> dict:
-        """The entry for a token: from the near cache, else Redis, else MongoDB.
-
-        Scans of the same token share one Redis read while it is under way (unless a change was
-        heard since it began): when a near-cache entry expires or changes under load, every scan in
-        flight asks at once, and each asking alone queues behind the others for the client's
-        connections (scans waited up to half a second)."""
+        """The entry for a token: from the near cache, else Redis, else MongoDB. Scans of the same
+        token share one Redis read while it is under way (NearCache.shared)."""
         key = cache_key(token)
         cached = self.near.get(key)
         if cached is None:
-            flight = (self.near.generation, key)
-            task = self._reads.get(flight)
-            if task is None:
-                task = self._reads[flight] = asyncio.ensure_future(self._read(key))
-                task.add_done_callback(lambda _: self._reads.pop(flight, None))
-            cached = await asyncio.shield(task)
+            cached = await self.near.shared((key,), lambda: self._read(key))
         return self.decode(cached) if cached else await self.load(token)
 
     async def _read(self, key: str) -> str | None:

@@ -14,10 +14,12 @@ import json
 import logging
 import math
 import time
+from typing import Awaitable, Callable, TypeVar
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "nearcache:changes"
+T = TypeVar("T")
 
 
 class NearCache:
@@ -32,6 +34,7 @@ class NearCache:
         self.live = False
         self.heard_at = -math.inf  # monotonic time of the last message on the channel
         self._entries: dict[str, tuple[float, str]] = {}
+        self._reads: dict[tuple, asyncio.Future] = {}  # shared() reads under way
 
     def get(self, key: str) -> str | None:
         """The cached value, or None (not cached, expired, or the cache is not live)."""
@@ -49,6 +52,18 @@ class NearCache:
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[key] = (time.monotonic() + self.ttl, value)
+
+    async def shared(self, what: tuple, read: Callable[[], Awaitable[T]]) -> T:
+        """`read()`, shared by every caller asking for `what` while it is under way, unless a change
+        was heard since it began. When entries expire or change under load, every request in flight
+        asks at once; each reading alone queues behind the others for the Redis client's connections
+        (it hands them out one event-loop pass at a time), which made gate scans wait up to half a second."""
+        flight = (self.generation, *what)
+        task = self._reads.get(flight)
+        if task is None:
+            task = self._reads[flight] = asyncio.ensure_future(read())
+            task.add_done_callback(lambda _: self._reads.pop(flight, None))
+        return await asyncio.shield(task)
 
     def _drop(self, keys) -> None:
         self.generation += 1

@@ -45,6 +45,16 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
 
+def run_main(main) -> None:
+    """A benchmark's entry point: exit with what `main()` returns; Ctrl-C (or SIGTERM) ends it after
+    every child process was stopped by the `finally` blocks on its way out."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: every process started was stopped", file=sys.stderr)
+        sys.exit(130)
+
+
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
     """Wait until `url` answers HTTP 200 (the process must stay alive meanwhile)."""
     deadline = time.monotonic() + timeout

@@ -31,7 +31,7 @@ from tornado.web import create_signed_value
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (ADMIN_KEY, API_KEYS, GATE_KEY, ROOT, SECRET_KEY, Child, CpuWatch,  # noqa: E402
-                    Stack, free_port, write_results)
+                    Stack, free_port, run_main, write_results)
 from gate import seed_visit  # noqa: E402
 
 from tests.fakes import FakeKoala  # noqa: E402
@@ -263,8 +263,4 @@ async def seed_visit_for(side: Side):
 
 if __name__ == "__main__":
     os.chdir(ROOT)
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

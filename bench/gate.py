@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GATE_KEY, Child, CpuWatch, PySpy, Stack, write_results  # noqa: E402
+from common import GATE_KEY, Child, CpuWatch, PySpy, Stack, run_main, write_results  # noqa: E402
 
 from wxapp.context import build_context  # noqa: E402
 from wxapp.security import new_token  # noqa: E402
@@ -300,8 +300,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -38,7 +38,7 @@ import requests
 from tornado.web import create_signed_value
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ADMIN_KEY, GATE_KEY, SECRET_KEY, CpuWatch, Stack, write_results  # noqa: E402
+from common import ADMIN_KEY, GATE_KEY, SECRET_KEY, CpuWatch, Stack, run_main, write_results  # noqa: E402
 from gate import LUA_TEMPLATE, post, seed_visit, wrk  # noqa: E402
 from records import Population, percentile, seed  # noqa: E402
 
@@ -432,8 +432,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

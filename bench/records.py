@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ADMIN_KEY, CpuWatch, PySpy, Stack, write_results  # noqa: E402
+from common import ADMIN_KEY, CpuWatch, PySpy, Stack, run_main, write_results  # noqa: E402
 
 from wxapp.context import build_context  # noqa: E402
 from wxapp import lifecycle  # noqa: E402
@@ -285,8 +285,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -152,8 +152,7 @@ class Outbox:
             window.sort(key=_key, reverse=True)
             ids += [entry["_id"] for entry in window[max(0, skip - count):max(0, skip + size - count)]]
             count += len(window)
-        found = {entry["_id"]: entry for entry in await self.storage.outbox.find({"_id": {"$in": ids}})}
-        return [found[i] for i in ids if i in found], page_of(count, page, size)
+        return await self.storage.outbox.by_ids(ids), page_of(count, page, size)
 
     async def browse(self, status: str | None, size: int, *, before: tuple[float, str] | None = None,
                      after: tuple[float, str] | None = None) -> tuple[list[dict], dict]:

@@ -152,6 +152,12 @@ class Collection:
         cursor = self._cursor(query, projection, sort, skip=skip, limit=limit)
         return await cursor.to_list(limit or None)
 
+    async def by_ids(self, ids: list) -> list[dict]:
+        """The documents of `ids`, whole and in that order (one that is gone is left out): a page
+        picked from a walk over a few fields, read in one round trip."""
+        found = {doc["_id"]: doc for doc in await self.find({"_id": {"$in": ids}})} if ids else {}
+        return [found[i] for i in ids if i in found]
+
     async def each(self, query: dict, projection: dict | None = None, *, sort: list | None = None,
                    batch_size: int = 0) -> AsyncIterator[dict]:
         """Every document matching `query`, read from the server `batch_size` at a time (0: the

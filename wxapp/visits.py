@@ -323,7 +323,7 @@ class Visits:
             if skip <= count < skip + size:
                 ids.append(record["_id"])
             count += 1
-        return await self._by_ids(ids), page_of(count, page, size)
+        return await self.storage.records.by_ids(ids), page_of(count, page, size)
 
     async def _walk_page(self, query: "RecordQuery", index: dict, skip: int, size: int,
                          page: int) -> tuple[list[dict], dict]:
@@ -342,12 +342,8 @@ class Visits:
                     count += 1
             if unfiltered and count >= skip + size:
                 break
-        return await self._by_ids(ids), page_of(max(count, total) if unfiltered else count, page, size)
-
-    async def _by_ids(self, ids: list[int]) -> list[dict]:
-        """The records of `ids`, whole, in that order (one gone meanwhile is left out)."""
-        found = {r["_id"]: r for r in await self.storage.records.find({"_id": {"$in": ids}})} if ids else {}
-        return [found[i] for i in ids if i in found]
+        count = max(count, total) if unfiltered else count
+        return await self.storage.records.by_ids(ids), page_of(count, page, size)
 
     async def _span(self) -> dict | None:
         """What `apply` keeps for the lists (first_start, last_start, records), None when no record

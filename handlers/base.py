@@ -347,7 +347,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self._admitted = True
         spec = self.api_spec()
         if spec is not None:
-            self.principal = self._key_principal_now(spec.allow)
+            self.principal = held_principal(self.ctx, self.request.headers, spec.allow)
             if self.principal is None:
                 return self._authorize_and_admit(spec)
         return self._admit_body(spec)
@@ -497,17 +497,6 @@ class BaseHandler(tornado.web.RequestHandler):
             return "请先登录管理后台或提供管理员 API 密钥"
         return "缺少 API 密钥（Authorization: Bearer <密钥>）"
 
-    def _key_principal_now(self, allow: tuple[Role, ...]) -> Principal | None:
-        """The caller, when it presents an API key this process's near cache holds and whose role may
-        call: as authorize() would answer, without waiting. None: authorize() decides."""
-        scheme, _, key = self.request.headers.get("Authorization", "").partition(" ")
-        if Role.PUBLIC in allow or scheme.lower() != "bearer" or not key.strip():
-            return None
-        known = self.ctx.api_keys.authenticate_now(key.strip())
-        if known is None or known[0].role not in allow:
-            return None
-        return known[0]
-
     async def _key_principal(self, header: str) -> Principal:
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
@@ -572,8 +561,25 @@ class BaseHandler(tornado.web.RequestHandler):
         return ApiError(400 if status < 500 else 500, status=status)
 
 
-def _not_json(name: str):
-    """NaN and Infinity are not JSON, though Python's parser takes them."""
+def held_principal(ctx: Services, headers: httputil.HTTPHeaders, allow: tuple[Role, ...]) -> Principal | None:
+    """The caller, when it presents an API key this process's near cache holds and whose role may
+    call: as authorize() would answer, without waiting. None: authorize() decides."""
+    scheme, _, key = headers.get("Authorization", "").partition(" ")
+    if Role.PUBLIC in allow or scheme.lower() != "bearer" or not key.strip():
+        return None
+    known = ctx.api_keys.authenticate_now(key.strip())
+    if known is None or known[0].role not in allow:
+        return None
+    return known[0]
+
+
+def is_form(headers: httputil.HTTPHeaders) -> bool:
+    """Whether a body is a form (its values are strings) rather than JSON."""
+    return headers.get("Content-Type", "").startswith(("application/x-www-form-urlencoded", "multipart/form-data"))
+
+
+def not_json(name: str):
+    """NaN and Infinity are not JSON, though Python's parser takes them (`parse_constant`)."""
     raise ValueError(name)
 
 
@@ -595,8 +601,7 @@ class APIHandler(BaseHandler):
 
     def body_is_form(self) -> bool:
         """Whether the body is a form (its values are strings) rather than JSON."""
-        return self.request.headers.get("Content-Type", "").startswith(
-            ("application/x-www-form-urlencoded", "multipart/form-data"))
+        return is_form(self.request.headers)
 
     def _parse_body(self) -> dict[str, Any]:
         if self.body_is_form():
@@ -616,7 +621,7 @@ class APIHandler(BaseHandler):
         text = escaped.decode("ascii")
         del escaped
         try:
-            body = json.loads(text, parse_constant=_not_json)
+            body = json.loads(text, parse_constant=not_json)
         except (ValueError, RecursionError):  # RecursionError: nested too deep
             raise ApiError(400, "请求体不是合法的 JSON") from None
         if not isinstance(body, dict):

@@ -20,7 +20,7 @@ from tornado import httputil, iostream
 
 from wxapp.gate import MESSAGES, SCAN, SCAN_MAX_BODY
 
-from .base import answer_headers, envelope, log_access
+from .base import answer_headers, envelope, held_principal, is_form, log_access, not_json
 from .visits import GateHandler
 
 log = logging.getLogger("visitor.http")
@@ -48,16 +48,13 @@ class _Scan(httputil.HTTPMessageDelegate):
         self.delegate: httputil.HTTPMessageDelegate | None = None  # the normal routing, once used
 
     def headers_received(self, start_line, headers):
-        length, form = headers.get("Content-Length", ""), headers.get("Content-Type", "").startswith(
-            ("application/x-www-form-urlencoded", "multipart/form-data"))
-        scheme, _, key = headers.get("Authorization", "").partition(" ")
-        known = None
-        if (start_line.method == "POST" and start_line.path == PATH and scheme.lower() == "bearer" and key.strip()
-                and not form and length.isdigit() and int(length) <= SCAN_MAX_BODY):
-            known = self.app.settings["context"].api_keys.authenticate_now(key.strip())
-        if known is None or known[0].role not in GateHandler.post.api_spec.allow:
+        length, principal = headers.get("Content-Length", ""), None
+        if (start_line.method == "POST" and start_line.path == PATH and not is_form(headers)
+                and length.isdigit() and int(length) <= SCAN_MAX_BODY):
+            principal = held_principal(self.app.settings["context"], headers, GateHandler.post.api_spec.allow)
+        if principal is None:
             return self._route(start_line, headers)
-        self.principal, self.start_line, self.chunks = known[0], start_line, []
+        self.principal, self.start_line, self.chunks = principal, start_line, []
         # Tornado's own request: the client's address and protocol as the server sees them now.
         self.request = httputil.HTTPServerRequest(connection=self.conn, server_connection=self.server_conn,
                                                   start_line=start_line, headers=headers)
@@ -78,7 +75,7 @@ class _Scan(httputil.HTTPMessageDelegate):
             self.delegate.finish()
             return
         try:
-            body = json.loads(b"".join(self.chunks), parse_constant=_not_json)
+            body = json.loads(b"".join(self.chunks), parse_constant=not_json)
             code = self.app.settings["context"].gate.scan_now(self.principal, SCAN.load(body))
         except Exception:  # malformed (GateHandler says what is wrong), or worse (it answers 500)
             code = None
@@ -130,8 +127,3 @@ class _Scan(httputil.HTTPMessageDelegate):
         except Exception:  # as above
             log.exception("passing a scan on failed")
             self.conn.close()
-
-
-def _not_json(name: str):
-    """NaN and Infinity are not JSON, though Python's parser takes them (GateHandler refuses them)."""
-    raise ValueError(name)
